@@ -1,0 +1,35 @@
+from pathlib import Path
+
+from setuptools import setup
+
+
+setup(
+    name="embeddinggemma",
+    version="0.1.0",
+    description="EmbeddingGemma for transformers: one model with its embedding head, exact converters, Hub-ready.",
+    long_description=Path(__file__).with_name("README.md").read_text(encoding="utf-8"),
+    long_description_content_type="text/markdown",
+    license="Apache-2.0",
+    python_requires=">=3.10",
+    py_modules=[
+        "configuration_embeddinggemma",
+        "modeling_embeddinggemma",
+        "convert_checkpoint",
+        "testing_embeddinggemma",
+    ],
+    install_requires=[
+        "torch>=2.4",
+        "transformers>=4.57,<6",
+        "safetensors>=0.4",
+        "huggingface_hub>=0.34",
+        "sentencepiece>=0.2",
+        "numpy",
+        "tqdm",
+    ],
+    extras_require={
+        "st": ["sentence-transformers>=5.1"],
+        "gguf": ["gguf>=0.17"],
+        "test": ["pytest>=8", "sentence-transformers>=5.1", "gguf>=0.17", "protobuf"],
+    },
+    entry_points={"console_scripts": ["embeddinggemma-convert=convert_checkpoint:main"]},
+)

@@ -1,0 +1,70 @@
+"""The real google/embeddinggemma-300m: converted, loaded through AutoModel with trust_remote_code, compared with
+SentenceTransformer(reference). Tolerances: float32 cosine >= 0.99999 and max abs <= 5e-5; bfloat16 cosine >= 0.999
+(against the float32 reference)."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from conftest import REFERENCE, requires_checkpoint
+
+
+pytestmark = requires_checkpoint
+
+SHORT = [
+    "Which planet is known as the Red Planet?",
+    "Mars, known for its reddish appearance, is often referred to as the Red Planet.",
+    "Jupiter, the largest planet in our solar system, has a prominent red spot.",
+]
+LONG_1K = " ".join(f"Sentence {i} describes the slow orbit of a distant moon." for i in range(110))  # ~1,200 tokens
+LONG_2K = " ".join(f"Paragraph {i}: rivers carry sediment towards the delta every spring." for i in range(260))
+
+
+@pytest.fixture(scope="module")
+def reference():
+    from sentence_transformers import SentenceTransformer
+
+    return SentenceTransformer(REFERENCE, device="cpu")
+
+
+@pytest.fixture(scope="module")
+def converted(tmp_path_factory):
+    from convert_checkpoint import convert
+
+    return convert(REFERENCE, tmp_path_factory.mktemp("real") / "embeddinggemma-300m")
+
+
+def ours(folder, texts, prompt="", dtype=torch.float32):
+    from transformers import AutoModel, AutoTokenizer
+
+    model = AutoModel.from_pretrained(folder, trust_remote_code=True, dtype=dtype).eval()
+    tokenizer = AutoTokenizer.from_pretrained(folder, trust_remote_code=True)
+    outputs = []
+    with torch.no_grad():
+        for text in texts:  # one at a time: no padding to 2,048 tokens
+            batch = tokenizer([prompt + text], truncation=True, max_length=2048, return_tensors="pt")
+            outputs.append(model(**batch).sentence_embedding.float())
+    return torch.cat(outputs)
+
+
+def test_long_texts_are_long(reference):
+    lengths = [len(reference.tokenizer(text)["input_ids"]) for text in (LONG_1K, LONG_2K)]
+    assert lengths[0] > 1000 and lengths[1] > 2048
+
+
+@pytest.mark.parametrize("prompt_name", [None, "query", "document"])
+def test_float32_matches_sentence_transformers(reference, converted, prompt_name):
+    texts = SHORT + ([LONG_1K, LONG_2K] if prompt_name == "query" else [])
+    expected = reference.encode(texts, prompt_name=prompt_name, convert_to_tensor=True, batch_size=1)
+    prompt = reference.prompts[prompt_name] if prompt_name else ""
+    actual = ours(converted, texts, prompt)
+    assert F.cosine_similarity(actual, expected).min() >= 0.99999
+    assert (actual - expected).abs().max() <= 5e-5
+
+
+def test_bfloat16_stays_close(reference, converted):
+    texts = SHORT + [LONG_1K]
+    prompt = reference.prompts["query"]
+    expected = reference.encode(texts, prompt_name="query", convert_to_tensor=True, batch_size=1)
+    actual = ours(converted, texts, prompt, dtype=torch.bfloat16)
+    assert F.cosine_similarity(actual, expected).min() >= 0.999
