@@ -29,6 +29,12 @@ EMBEDDINGGEMMA_PROMPTS = {
 # How a document with a title is written (the model card: "title: {title | 'none'} | text: {content}").
 DOCUMENT_TITLE_TEMPLATE = "title: {title} | text: "
 
+# `pipeline(task, model=folder, trust_remote_code=True)` reads these; both tasks return sentence embeddings.
+CUSTOM_PIPELINES = {
+    task: {"impl": "pipeline_embeddinggemma.SentenceEmbeddingPipeline", "pt": ["AutoModel"], "tf": [], "type": "text"}
+    for task in ("sentence-embeddings", "feature-extraction")
+}
+
 LAYER_TYPES = ("sliding_attention", "full_attention")
 POOLING_MODES = ("mean",)
 
@@ -153,6 +159,7 @@ class EmbeddingGemmaConfig(PretrainedConfig):
         self.default_prompt_name = default_prompt_name
         self.document_title_template = document_title_template
 
+        kwargs.setdefault("custom_pipelines", CUSTOM_PIPELINES)
         self.check_fields()  # before transformers' own validators, whose messages are less specific
         super().__init__(pad_token_id=pad_token_id, bos_token_id=bos_token_id, eos_token_id=eos_token_id, **kwargs)
 
@@ -194,6 +201,24 @@ class EmbeddingGemmaConfig(PretrainedConfig):
             raise ValueError(
                 f"document_title_template={self.document_title_template!r} must contain '{{title}}'."
             )
+
+    def prompt_for(self, prompt_name: str | None = None, prompt: str | None = None) -> str:
+        """The text to prepend: `prompt` if given (it wins over `prompt_name`, as in sentence-transformers), else
+        the prompt named `prompt_name`, else the default prompt (none unless `default_prompt_name` is set)."""
+        if prompt is not None:
+            if not isinstance(prompt, str):
+                raise TypeError(f"prompt must be a string, got {type(prompt).__name__}.")
+            return prompt
+        name = prompt_name if prompt_name is not None else self.default_prompt_name
+        if name is None:
+            return ""
+        if name not in self.prompts:
+            raise ValueError(f"Unknown prompt_name={name!r}; this model knows {list(self.prompts)}.")
+        return self.prompts[name]
+
+    def document_prompt(self, title: str | None = None) -> str:
+        """The document prompt with a title ("title: none" without one), as the model card writes it."""
+        return self.document_title_template.format(title=title if title else "none")
 
     @property
     def embedding_dim(self) -> int:

@@ -34,6 +34,11 @@ try:  # a module of a package (the Hub's remote code, or an installed copy)
 except ImportError:  # a top-level module (this repository on sys.path)
     from configuration_embeddinggemma import EmbeddingGemmaConfig
 
+try:  # imported so that `save_pretrained` copies it beside the model: `config.custom_pipelines` names it
+    from .pipeline_embeddinggemma import SentenceEmbeddingPipeline  # noqa: F401
+except ImportError:
+    pass
+
 try:  # transformers >= 5: these skip tensors that were loaded from a checkpoint
     from transformers import initialization as init
 except ImportError:
@@ -265,6 +270,10 @@ class EmbeddingGemmaEncoderLayer(GradientCheckpointingLayer):
         return hidden_states, attn_weights
 
 
+def _is_compiling() -> bool:
+    return torch.compiler.is_compiling() if hasattr(torch, "compiler") else False
+
+
 def bidirectional_attention_mask(
     padding_mask: torch.Tensor, position_ids: torch.Tensor, window: tuple[int, int] | None
 ) -> torch.Tensor | None:
@@ -276,11 +285,12 @@ def bidirectional_attention_mask(
     padding would otherwise give NaN in some kernels (huggingface/transformers#45491).
     """
     batch, length = padding_mask.shape
-    all_real = bool(padding_mask.all())
-    if window is None and all_real:
-        return None
-    if window is not None and all_real and length <= min(window) + 1:
-        return None  # every pair is inside the window
+    if not _is_compiling():  # data-dependent shortcuts would break a torch.compile graph
+        all_real = bool(padding_mask.all())
+        if window is None and all_real:
+            return None
+        if window is not None and all_real and length <= min(window) + 1:
+            return None  # every pair is inside the window
     allowed = padding_mask[:, None, :].expand(batch, length, length)  # (B, Lq, Lk): keys must be real
     if window is not None:
         left, right = window
@@ -489,6 +499,205 @@ class EmbeddingGemmaModel(EmbeddingGemmaPreTrainedModel):
             attentions=encoder_outputs.attentions,
         )
         return output if return_dict is not False else output.to_tuple()
+
+
+    def save_pretrained(self, save_directory, *args, **kwargs):
+        """`PreTrainedModel.save_pretrained`, plus the files that let `SentenceTransformer(folder,
+        trust_remote_code=True)` use this model's own head (sentence-transformers >= 5.4)."""
+        super().save_pretrained(save_directory, *args, **kwargs)
+        write_sentence_transformers_files(save_directory, self.config)
+
+    # ------------------------------------------------------------------------------------------------------------
+    # encode: texts in, embeddings out (the sentence-transformers habits)
+    # ------------------------------------------------------------------------------------------------------------
+
+    @property
+    def tokenizer(self):
+        """The tokenizer of the folder or Hub repo this model was loaded from (loaded on first use), or the one set
+        with `model.tokenizer = ...`."""
+        if getattr(self, "_tokenizer", None) is None:
+            source = self.config.name_or_path
+            if not source:
+                raise ValueError(
+                    "This model was not loaded from a folder or Hub repo, so it has no tokenizer to load; set one "
+                    "with `model.tokenizer = AutoTokenizer.from_pretrained(...)`."
+                )
+            from transformers import AutoTokenizer
+
+            self._tokenizer = AutoTokenizer.from_pretrained(source, trust_remote_code=True)
+        return self._tokenizer
+
+    @tokenizer.setter
+    def tokenizer(self, tokenizer):
+        self._tokenizer = tokenizer
+
+    def encode(
+        self,
+        texts: str | list[str],
+        prompt_name: str | None = None,
+        prompt: str | None = None,
+        batch_size: int = 32,
+        truncate_dim: int | None = None,
+        convert_to_numpy: bool = True,
+        show_progress_bar: bool | None = None,
+        device: str | torch.device | None = None,
+        max_batch_tokens: int | None = None,
+    ):
+        """Embeds `texts` with the prompt `prompt` or the one named `prompt_name` (see `config.prompts`).
+
+        A string gives one vector `[dim]`, a list a matrix `[len(texts), dim]` in input order (numpy float32 by
+        default, else a tensor in the model's dtype). Texts are sorted by token length and batched so that padding
+        is minimal; `max_batch_tokens` also caps the padded tokens of a batch. Texts longer than the model's
+        maximum length are truncated, with a warning. `truncate_dim` is one of `config.matryoshka_dims`.
+        """
+        return self._encode(texts, lambda count: [self.config.prompt_for(prompt_name, prompt)] * count,
+                            batch_size, truncate_dim, convert_to_numpy, show_progress_bar, device,
+                            max_batch_tokens)  # fmt: skip
+
+    def encode_query(self, texts: str | list[str], **kwargs):
+        """`encode` with the "query" prompt (`task: search result | query: `) unless `prompt`/`prompt_name` is given."""
+        kwargs.setdefault("prompt_name", "query")
+        return self.encode(texts, **kwargs)
+
+    def encode_document(self, texts: str | list[str], titles: str | list[str | None] | None = None, **kwargs):
+        """`encode` with the document prompt: `title: {title} | text: ` when `titles` are given (one per text,
+        None for none), `title: none | text: ` otherwise."""
+        if titles is None:
+            kwargs.setdefault("prompt_name", "document")
+            return self.encode(texts, **kwargs)
+        if kwargs.get("prompt") is not None or kwargs.get("prompt_name") is not None:
+            raise ValueError("Pass either titles or prompt/prompt_name to encode_document, not both.")
+        titles = [titles] if isinstance(titles, str) else list(titles)
+        count = 1 if isinstance(texts, str) else len(texts)
+        if len(titles) != count:
+            raise ValueError(f"Got {len(titles)} titles for {count} texts; pass one title (or None) per text.")
+        prompts = [self.config.document_prompt(title) for title in titles]
+        positional = ("batch_size", "truncate_dim", "convert_to_numpy", "show_progress_bar", "device", "max_batch_tokens")
+        unknown = set(kwargs) - set(positional)
+        if unknown:
+            raise TypeError(f"encode_document() got unexpected keyword arguments {sorted(unknown)}.")
+        return self._encode(texts, lambda _: prompts, **kwargs)
+
+    @torch.no_grad()
+    def _encode(self, texts, prompts_for, batch_size=32, truncate_dim=None, convert_to_numpy=True,
+                show_progress_bar=None, device=None, max_batch_tokens=None):  # fmt: skip
+        single = isinstance(texts, str)
+        texts = [texts] if single else list(texts)
+        bad = [(i, type(t).__name__) for i, t in enumerate(texts) if not isinstance(t, str)]
+        if bad:
+            raise TypeError(f"encode takes a string or a list of strings; items (index, type) {bad[:5]} are not strings.")
+        if not isinstance(batch_size, int) or batch_size < 1:
+            raise ValueError(f"batch_size={batch_size!r} must be a positive int.")
+        truncate_dim = self.check_truncate_dim(truncate_dim)
+        dim = truncate_dim or self.config.embedding_dim
+        if device is not None:
+            self.to(device)
+        prompts = prompts_for(len(texts))
+        if not texts:
+            empty = torch.empty(0, dim, dtype=self.dtype)
+            return empty.float().numpy() if convert_to_numpy else empty
+
+        input_ids = self._tokenize([p + t for p, t in zip(prompts, texts)])
+        order = sorted(range(len(texts)), key=lambda i: -len(input_ids[i]))  # longest first: OOM shows at once
+        batches = token_length_batches([len(input_ids[i]) for i in order], batch_size, max_batch_tokens)
+        if show_progress_bar is None:
+            show_progress_bar = len(batches) >= PROGRESS_BAR_MIN_BATCHES
+        from tqdm.auto import tqdm
+
+        was_training = self.training
+        self.eval()
+        output = torch.empty(len(texts), dim, dtype=self.dtype, device=self.device)
+        start = 0
+        for size in tqdm(batches, desc="Batches", disable=not show_progress_bar):
+            rows = order[start : start + size]
+            start += size
+            batch_ids, attention_mask = pad_right([input_ids[i] for i in rows], self.config.pad_token_id or 0)
+            embeddings = self(
+                input_ids=batch_ids.to(self.device),
+                attention_mask=attention_mask.to(self.device),
+                truncate_dim=truncate_dim,
+            ).sentence_embedding
+            output[torch.tensor(rows, device=self.device)] = embeddings
+        self.train(was_training)
+        if single:
+            output = output[0]
+        return output.float().cpu().numpy() if convert_to_numpy else output
+
+    def _tokenize(self, texts: list[str]) -> list[list[int]]:
+        """Token ids of each text with <bos>/<eos>, truncated to the model's maximum length (with a warning)."""
+        tokenizer = self.tokenizer
+        max_length = self.config.max_position_embeddings
+        if tokenizer.model_max_length and tokenizer.model_max_length < max_length:
+            max_length = tokenizer.model_max_length
+        input_ids = tokenizer(texts, truncation=False, verbose=False)["input_ids"]
+        too_long = [i for i, ids in enumerate(input_ids) if len(ids) > max_length]
+        if too_long:
+            logger.warning_once(
+                f"{len(too_long)} text(s) are longer than the model's {max_length} tokens and were truncated "
+                f"(first: index {too_long[0]}, {len(input_ids[too_long[0]])} tokens). Split long documents into "
+                "chunks to embed all of them."
+            )
+            truncated = tokenizer([texts[i] for i in too_long], truncation=True, max_length=max_length)["input_ids"]
+            for i, ids in zip(too_long, truncated):
+                input_ids[i] = ids
+        return input_ids
+
+
+PROGRESS_BAR_MIN_BATCHES = 8
+
+
+def write_sentence_transformers_files(folder, config: EmbeddingGemmaConfig) -> None:
+    """modules.json, sentence_bert_config.json and config_sentence_transformers.json for a one-module
+    SentenceTransformer whose Transformer reads this model's `sentence_embedding` output."""
+    import json
+    import os
+
+    files = {
+        "modules.json": [
+            {"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
+        ],
+        "sentence_bert_config.json": {
+            "max_seq_length": config.max_position_embeddings,
+            "do_lower_case": False,
+            "transformer_task": "feature-extraction",
+            "modality_config": {"text": {"method": "forward", "method_output_name": "sentence_embedding"}},
+            "module_output_name": "sentence_embedding",
+        },
+        "config_sentence_transformers.json": {
+            "model_type": "SentenceTransformer",
+            "prompts": config.prompts,
+            "default_prompt_name": config.default_prompt_name,
+            "similarity_fn_name": "cosine",
+        },
+    }
+    for name, content in files.items():
+        with open(os.path.join(folder, name), "w", encoding="utf-8") as handle:
+            json.dump(content, handle, indent=2)
+            handle.write("\n")
+
+
+def token_length_batches(lengths: list[int], batch_size: int, max_batch_tokens: int | None = None) -> list[int]:
+    """Sizes of consecutive batches over texts sorted by decreasing token length: at most `batch_size` texts, and at
+    most `max_batch_tokens` padded tokens (the first text's length times the count) unless a text alone exceeds it."""
+    sizes, start = [], 0
+    while start < len(lengths):
+        size = min(batch_size, len(lengths) - start)
+        if max_batch_tokens is not None:
+            size = max(1, min(size, max_batch_tokens // max(lengths[start], 1)))
+        sizes.append(size)
+        start += size
+    return sizes
+
+
+def pad_right(sequences: list[list[int]], pad_token_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(input_ids, attention_mask), both (B, longest), real tokens first."""
+    length = max(len(ids) for ids in sequences)
+    input_ids = torch.full((len(sequences), length), pad_token_id, dtype=torch.long)
+    attention_mask = torch.zeros(len(sequences), length, dtype=torch.long)
+    for row, ids in enumerate(sequences):
+        input_ids[row, : len(ids)] = torch.tensor(ids, dtype=torch.long)
+        attention_mask[row, : len(ids)] = 1
+    return input_ids, attention_mask
 
 
 EmbeddingGemmaConfig.register_for_auto_class()

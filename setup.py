@@ -14,6 +14,7 @@ setup(
     py_modules=[
         "configuration_embeddinggemma",
         "modeling_embeddinggemma",
+        "pipeline_embeddinggemma",
         "convert_checkpoint",
         "testing_embeddinggemma",
     ],
@@ -27,9 +28,9 @@ setup(
         "tqdm",
     ],
     extras_require={
-        "st": ["sentence-transformers>=5.1"],
+        "st": ["sentence-transformers>=5.4"],
         "gguf": ["gguf>=0.17"],
-        "test": ["pytest>=8", "sentence-transformers>=5.1", "gguf>=0.17", "protobuf"],
+        "test": ["pytest>=8", "sentence-transformers>=5.4", "gguf>=0.17", "protobuf", "accelerate"],
     },
     entry_points={"console_scripts": ["embeddinggemma-convert=convert_checkpoint:main"]},
 )

@@ -1,9 +1,20 @@
 #!/usr/bin/env bash
-# Sets up .venv with everything the demo and the tests need. Idempotent: a second run only checks.
-# torch is pinned to the CPU build here (an unpinned torch pulls a multi-GB CUDA build); install_requires
-# itself keeps a range.
+# Sets up a virtual environment with everything the demo and the tests need. Idempotent: a second run only checks.
+#
+#   bash setup.sh           .venv: the latest transformers and sentence-transformers
+#   bash setup.sh --oldest  .venv-oldest: the oldest versions we claim to support (see docs/compatibility.md)
+#
+# torch is pinned to the CPU build here (an unpinned torch pulls a multi-GB CUDA build); install_requires keeps a range.
 set -euo pipefail
 cd "$(dirname "$0")"
 PYTHON=${PYTHON:-python3}
-[ -x .venv/bin/python ] || "$PYTHON" -m venv .venv
-.venv/bin/python -m pip install -q --disable-pip-version-check "torch==2.13.0" -e ".[test]"
+TORCH="torch==2.13.0"
+if [ "${1:-}" = "--oldest" ]; then
+  venv=.venv-oldest
+  pins=("transformers==4.57.1" "sentence-transformers==5.4.0")
+else
+  venv=.venv
+  pins=()
+fi
+[ -x "$venv/bin/python" ] || "$PYTHON" -m venv "$venv"
+"$venv/bin/python" -m pip install -q --disable-pip-version-check "$TORCH" -e ".[test]" "${pins[@]}"

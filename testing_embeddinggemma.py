@@ -104,9 +104,11 @@ def reference_gemma3_config(**overrides):
     return Gemma3TextConfig(**{**TINY_ENCODER, **overrides}, use_bidirectional_attention=True)
 
 
-def build_tiny_sentence_transformer(folder: str | Path, seed: int = 0):
+def build_tiny_sentence_transformer(folder: str | Path, seed: int = 0, dense_out_features=None):
     """A tiny checkpoint in google/embeddinggemma-300m's layout, made by transformers' Gemma3TextModel and
-    sentence-transformers' Transformer/Pooling/Dense/Dense/Normalize, with the 14 prompts; saved to `folder`."""
+    sentence-transformers' Transformer/Pooling/Dense/Dense/Normalize, with the 14 prompts; saved to `folder`.
+    `dense_out_features` sets the head's sizes ([128, 48] by default; [128, 768] gives the real model's 768-d output
+    and so its Matryoshka dims)."""
     from sentence_transformers import SentenceTransformer
     from sentence_transformers.models import Dense, Normalize, Pooling, Transformer
     from transformers import Gemma3TextModel
@@ -118,7 +120,7 @@ def build_tiny_sentence_transformer(folder: str | Path, seed: int = 0):
     backbone.save_pretrained(backbone_dir)
 
     generator = torch.Generator().manual_seed(seed + 1)
-    dims = [TINY_ENCODER["hidden_size"], *TINY_HEAD["dense_out_features"]]
+    dims = [TINY_ENCODER["hidden_size"], *(dense_out_features or TINY_HEAD["dense_out_features"])]
     dense = [
         Dense(i, o, bias=False, activation_function=torch.nn.Identity(), init_weight=torch.randn(o, i, generator=generator) * 0.1)
         for i, o in zip(dims[:-1], dims[1:])

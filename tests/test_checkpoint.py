@@ -68,3 +68,43 @@ def test_bfloat16_stays_close(reference, converted):
     expected = reference.encode(texts, prompt_name="query", convert_to_tensor=True, batch_size=1)
     actual = ours(converted, texts, prompt, dtype=torch.bfloat16)
     assert F.cosine_similarity(actual, expected).min() >= 0.999
+
+
+CARD_QUERY = "Which planet is known as the Red Planet?"
+CARD_DOCUMENTS = [
+    "Venus is often called Earth's twin because of its similar size and proximity.",
+    "Mars, known for its reddish appearance, is often referred to as the Red Planet.",
+    "Jupiter, the largest planet in our solar system, has a prominent red spot.",
+    "Saturn, famous for its rings, is sometimes mistaken for the Red Planet.",
+]
+CARD_SIMILARITIES = [0.3011, 0.6359, 0.4930, 0.4889]  # google/embeddinggemma-300m's model card
+
+
+def test_model_card_example_three_ways(converted):
+    from sentence_transformers import SentenceTransformer
+    from transformers import AutoModel, pipeline
+
+    model = AutoModel.from_pretrained(converted, trust_remote_code=True)
+    scores = model.encode_query(CARD_QUERY) @ model.encode_document(CARD_DOCUMENTS).T
+    assert abs(scores - torch.tensor(CARD_SIMILARITIES).numpy()).max() <= 0.002
+
+    pipe = pipeline("sentence-embeddings", model=str(converted), trust_remote_code=True)
+    query = torch.tensor(pipe(CARD_QUERY, prompt_name="query"))
+    documents = torch.tensor(pipe(CARD_DOCUMENTS, prompt_name="document"))
+    assert (documents @ query - torch.tensor(CARD_SIMILARITIES)).abs().max() <= 0.002
+
+    st = SentenceTransformer(str(converted), trust_remote_code=True, device="cpu")
+    similarities = st.similarity(st.encode_query(CARD_QUERY), st.encode_document(CARD_DOCUMENTS))[0]
+    assert (similarities - torch.tensor(CARD_SIMILARITIES)).abs().max() <= 0.002
+
+
+def test_matryoshka_dims_equal_the_reference_truncated_and_renormalised(reference, converted):
+    from transformers import AutoModel
+
+    model = AutoModel.from_pretrained(converted, trust_remote_code=True)
+    full = reference.encode_document(SHORT, convert_to_tensor=True)
+    for dim in (512, 256, 128):
+        expected = F.normalize(full[:, :dim], dim=-1)
+        actual = model.encode_document(SHORT, truncate_dim=dim, convert_to_numpy=False)
+        assert actual.shape == (3, dim)
+        assert (actual - expected).abs().max() <= 5e-5
