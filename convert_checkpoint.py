@@ -1,56 +1,98 @@
 # Copyright 2026 the embeddinggemma authors. Licensed under the Apache License, Version 2.0.
-"""Convert checkpoints into one self-contained EmbeddingGemma folder (config, safetensors, tokenizer, code).
+"""Convert checkpoints into one self-contained EmbeddingGemma folder (config, safetensors, tokenizer, code), and back.
 
-    python convert_checkpoint.py --from sentence-transformers google/embeddinggemma-300m ./embeddinggemma-300m
+    embeddinggemma-convert --from sentence-transformers google/embeddinggemma-300m ./embeddinggemma-300m
+    embeddinggemma-convert --from gemma3 google/gemma-3-270m ./gemma3-encoder            # decoder -> encoder
+    embeddinggemma-convert --from gemma3 ./gemma-3-270m-q4_k_m.gguf ./gemma3-encoder     # GGUF decoder
+    embeddinggemma-convert --from t5gemma google/t5gemma-2b-2b-ul2 ./t5gemma-encoder
+    embeddinggemma-convert --from t5gemma2 google/t5gemma-2-270m-270m ./t5gemma2-encoder
+    embeddinggemma-convert --from embeddinggemma ./embeddinggemma-300m ./st --to sentence-transformers
 
-SOURCE is a local folder or a Hub id. The output is written to a temporary folder next to OUTPUT_DIR and moved
-into place only when complete; a non-empty OUTPUT_DIR is refused unless --overwrite is given. Weights are read
-from safetensors only (nothing is unpickled).
-
-The result loads with `AutoModel.from_pretrained(OUTPUT_DIR, trust_remote_code=True)`.
+SOURCE is a local folder, a Hub id or (gemma3) a .gguf file. The output is written to a temporary folder beside
+OUTPUT_DIR, verified against the source framework's own model (--no-verify to skip), and only then moved into
+place; a non-empty OUTPUT_DIR is refused unless --overwrite is given. Weights are read from safetensors (or GGUF)
+only: nothing is unpickled. See docs/conversion.md for what each source keeps, renames, folds and drops.
 """
 
 from __future__ import annotations
 
 import argparse
+import inspect
 import json
 import os
 import shutil
 import sys
 import tempfile
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 import torch
-from safetensors.torch import load_file
+import torch.nn.functional as F
+from safetensors.torch import load_file, save_file
 
 from configuration_embeddinggemma import EmbeddingGemmaConfig
-from modeling_embeddinggemma import EmbeddingGemmaModel
+from modeling_embeddinggemma import EmbeddingGemmaModel, mean_pool
 
 
-SOURCES = ("sentence-transformers",)
+SOURCES = ("sentence-transformers", "gemma3", "t5gemma", "t5gemma2", "embeddinggemma")
+TARGETS = ("embeddinggemma", "sentence-transformers")
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
-# Files fetched for a Hub id in the sentence-transformers layout.
-ST_ALLOW_PATTERNS = ["*.json", "*.safetensors", "tokenizer.model", "*/config.json", "*/*.safetensors"]
+HEAD_INITS = ("identity", "random")
+ALLOW_PATTERNS = ["*.json", "*.safetensors", "tokenizer.model", "*/config.json", "*/*.safetensors"]
+# Verification: the converted model against the source framework's own, per output dtype (cosine per token or text).
+MIN_COSINE = {torch.float32: 0.99999, torch.bfloat16: 0.99}
+VERIFY_TEXTS = [
+    "Which planet is known as the Red Planet?",
+    "title: none | text: Mars, known for its reddish appearance, is often referred to as the Red Planet.",
+    "a",
+]
 
 
 class ConversionError(ValueError):
     """A source that cannot be converted; the message says what was wrong and how to fix it."""
 
 
+class ReferenceUnavailable(Exception):
+    """The source framework's own model cannot be run here (not installed, or a version that differs); verification
+    is then skipped, saying why."""
+
+
+@dataclass
+class Source:
+    """What a reader extracts from a checkpoint: our config fields and weights (head weights only if the source
+    has a head), how to load its tokenizer, and how to run the source framework's own model for verification."""
+
+    kind: str
+    name: str
+    fields: dict
+    state_dict: dict[str, torch.Tensor]
+    load_tokenizer: Callable[[], object]
+    reference: Callable[[], Callable]  # () -> fn(input_ids, attention_mask) -> (what, tensor); may raise ReferenceUnavailable
+    notes: list[str] = field(default_factory=list)
+    added_head: str | None = None  # "identity" or "random" when the converter gave a headless source its head
+
+    @property
+    def identity_head(self) -> bool:
+        return self.added_head == "identity"
+
+    @property
+    def has_head(self) -> bool:
+        return any(key.startswith("dense.") for key in self.state_dict)
+
+
 # ----------------------------------------------------------------------------------------------------------------
-# Reading sources
+# Reading files
 # ----------------------------------------------------------------------------------------------------------------
 
 
-def resolve_source(source: str, allow_patterns: list[str] | None = None) -> Path:
-    """A local folder as is; anything else is taken as a Hub repo id and downloaded (cached) with huggingface_hub."""
+def resolve_source(source: str, allow_patterns: list[str] | None = ALLOW_PATTERNS) -> Path:
+    """A local folder or file as is; anything else is taken as a Hub repo id and downloaded (cached)."""
     path = Path(source).expanduser()
-    if path.is_dir():
-        return path
     if path.exists():
-        raise ConversionError(f"{source!r} is a file; expected a checkpoint folder or a Hub repo id.")
-    if source.startswith((".", "/", "~")) or source.count("/") > 1:
-        raise ConversionError(f"{source!r} does not exist; expected a checkpoint folder or a Hub repo id.")
+        return path
+    if source.startswith((".", "/", "~")) or source.count("/") > 1 or source.endswith(".gguf"):
+        raise ConversionError(f"{source!r} does not exist; expected a checkpoint folder, a .gguf file or a Hub repo id.")
     from huggingface_hub import snapshot_download
 
     try:
@@ -70,32 +112,69 @@ def read_json(path: Path) -> dict:
         return json.load(handle)
 
 
+def require_folder(path: Path, kind: str) -> Path:
+    if not path.is_dir():
+        raise ConversionError(f"{path} is not a folder; --from {kind} takes a checkpoint folder or a Hub repo id.")
+    return path
+
+
 def load_safetensors(folder: Path, what: str) -> dict[str, torch.Tensor]:
     """All tensors of `model.safetensors` or of a sharded `model.safetensors.index.json` in `folder`."""
     single, index = folder / "model.safetensors", folder / "model.safetensors.index.json"
     if single.is_file():
         return load_file(single)
     if index.is_file():
-        shards = sorted(set(read_json(index)["weight_map"].values()))
         state_dict = {}
-        for shard in shards:
+        for shard in sorted(set(read_json(index)["weight_map"].values())):
             state_dict.update(load_file(folder / shard))
         return state_dict
-    pickled = [p.name for p in folder.glob("*.bin")] + [p.name for p in folder.glob("*.pt")]
-    hint = (
-        f" It has {pickled}: pickled weights are never loaded here; re-save them as safetensors first."
-        if pickled
-        else ""
-    )
+    pickled = sorted(p.name for p in folder.iterdir() if p.suffix in (".bin", ".pt", ".pth", ".ckpt")) if folder.is_dir() else []
+    hint = f" It has {pickled}: pickled weights are never loaded here; re-save them as safetensors first." if pickled else ""
     raise ConversionError(f"No model.safetensors (or sharded index) for the {what} in {folder}.{hint}")
 
 
-def rope_from_gemma3_config(config: dict) -> dict:
-    """RoPE fields from a Gemma 3 text config, old (`rope_theta`, `rope_local_base_freq`, `rope_scaling`) or new
-    (`rope_parameters` per layer type) style."""
+def config_defaults(class_name: str) -> dict:
+    """Defaults of a transformers config class (saved configs may omit default values), without the fields whose
+    defaults depend on others (layer types) or that RoPE handling reads on its own."""
+    import transformers
+
+    try:
+        defaults = getattr(transformers, class_name)().to_dict()
+    except Exception:  # class missing from this transformers: the saved config must then be complete
+        return {}
+    for key in ("layer_types", "rope_parameters", "rope_scaling", "rope_theta", "rope_local_base_freq",
+                "sliding_window_pattern", "_sliding_window_pattern", "use_bidirectional_attention"):  # fmt: skip
+        defaults.pop(key, None)
+    return defaults
+
+
+ENCODER_KEYS = (
+    "vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
+    "num_key_value_heads", "head_dim", "query_pre_attn_scalar", "hidden_activation", "max_position_embeddings",
+    "rms_norm_eps", "layer_types", "sliding_window", "attention_bias", "attention_dropout", "initializer_range",
+    "pad_token_id", "bos_token_id", "eos_token_id",
+)  # fmt: skip
+
+
+def encoder_fields(config: dict, defaults: dict, default_pattern: int = 6) -> dict:
+    """EmbeddingGemmaConfig encoder fields from a Gemma-family text config dict (over the class defaults)."""
+    config = {**defaults, **config}
+    fields = {key: config[key] for key in ENCODER_KEYS if config.get(key) is not None}
+    if "layer_types" not in fields:
+        pattern = config.get("sliding_window_pattern", config.get("_sliding_window_pattern", default_pattern))
+        fields["sliding_window_pattern"] = pattern
+    if isinstance(fields.get("eos_token_id"), list):
+        fields["eos_token_id"] = fields["eos_token_id"][0]
+    return fields
+
+
+def rope_fields(config: dict, default_theta: float = 1_000_000.0, default_local: float = 10_000.0) -> dict:
+    """RoPE fields from a config, old (`rope_theta`, `rope_local_base_freq`, `rope_scaling`) or new
+    (`rope_parameters`, per layer type or one for all) style."""
     params = config.get("rope_parameters") or {}
-    full = params.get("full_attention", {}) if "full_attention" in params else {}
-    local = params.get("sliding_attention", {}) if "sliding_attention" in params else {}
+    if params and "full_attention" not in params and "sliding_attention" not in params:
+        params = {"full_attention": params, "sliding_attention": params}  # one RoPE for all layers (T5Gemma v1)
+    full, local = params.get("full_attention") or {}, params.get("sliding_attention") or {}
     scaling = full if full.get("rope_type", "default") != "default" else (config.get("rope_scaling") or {})
     rope_type = scaling.get("rope_type", scaling.get("type", "default"))
     if rope_type not in ("default", "linear"):
@@ -106,46 +185,76 @@ def rope_from_gemma3_config(config: dict) -> dict:
     if local.get("rope_type", "default") != "default":
         raise ConversionError(f"RoPE scaling on sliding layers ({local}) is not supported.")
     return {
-        "rope_theta": full.get("rope_theta", config.get("rope_theta", 1_000_000.0)),
-        "rope_local_base_freq": local.get("rope_theta", config.get("rope_local_base_freq", 10_000.0)),
+        "rope_theta": full.get("rope_theta", config.get("rope_theta", default_theta)),
+        "rope_local_base_freq": local.get("rope_theta", config.get("rope_local_base_freq", default_local)),
         "rope_linear_factor": float(scaling.get("factor", 1.0)) if rope_type == "linear" else 1.0,
     }
 
 
-def encoder_config_from_gemma3(config: dict) -> dict:
-    """EmbeddingGemmaConfig encoder fields from a `gemma3_text` config dict."""
-    keys = (
-        "vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
-        "num_key_value_heads", "head_dim", "query_pre_attn_scalar", "hidden_activation", "max_position_embeddings",
-        "rms_norm_eps", "layer_types", "sliding_window", "attention_bias", "attention_dropout",
-        "attn_logit_softcapping", "initializer_range", "pad_token_id", "bos_token_id", "eos_token_id",
-    )  # fmt: skip
-    fields = {key: config[key] for key in keys if config.get(key) is not None}
-    if "layer_types" not in fields and "sliding_window_pattern" in config:
-        fields["sliding_window_pattern"] = config["sliding_window_pattern"]
-    elif "layer_types" not in fields and "_sliding_window_pattern" in config:
-        fields["sliding_window_pattern"] = config["_sliding_window_pattern"]
-    if isinstance(fields.get("eos_token_id"), list):
-        fields["eos_token_id"] = fields["eos_token_id"][0]
-    fields.update(rope_from_gemma3_config(config))
-    return fields
-
-
-def strip_prefix(state_dict: dict[str, torch.Tensor], prefixes: tuple[str, ...]) -> dict[str, torch.Tensor]:
-    """Removes the first matching prefix from each key (keys without one are kept as they are)."""
-    out = {}
+def select_encoder(state_dict, prefixes, drop=(), renames=()) -> tuple[dict[str, torch.Tensor], str]:
+    """The encoder's weights as our `model.` keys. Keys under `drop` are dropped; the encoder sits under the first
+    of `prefixes` holding `embed_tokens.weight`; `renames` are (old, new) substrings; any other key is kept as is
+    and so reported as unexpected."""
+    prefix = next((p for p in prefixes if p + "embed_tokens.weight" in state_dict), None)
+    if prefix is None:
+        sample = sorted(state_dict)[:8]
+        raise ConversionError(
+            f"Found no encoder weights: expected '<prefix>embed_tokens.weight' with a prefix among {list(prefixes)}; "
+            f"the checkpoint's first keys are {sample}. Check that --from names the right kind of source."
+        )
+    selected = {}
     for key, value in state_dict.items():
-        for prefix in prefixes:
-            if key.startswith(prefix):
-                key = key[len(prefix) :]
-                break
-        out[key] = value
-    return out
+        if any(key.startswith(d) for d in drop):
+            continue
+        if key.startswith(prefix):
+            key = key[len(prefix) :]
+            for old, new in renames:
+                key = key.replace(old, new)
+            key = "model." + key
+        selected[key] = value
+    return selected, prefix
 
 
-def read_sentence_transformers(folder: Path) -> tuple[dict, dict[str, torch.Tensor], Path]:
-    """Reads the google/embeddinggemma-300m layout: Transformer (Gemma3TextModel) -> Pooling(mean) ->
-    Dense* -> Normalize. Returns (config fields, our state dict, tokenizer folder)."""
+def auto_tokenizer(path, **kwargs) -> Callable[[], object]:
+    def load():
+        from transformers import AutoTokenizer
+
+        try:
+            return AutoTokenizer.from_pretrained(path, **kwargs)
+        except Exception as error:
+            raise ConversionError(f"Could not load the tokenizer of {path}: {error}") from error
+
+    return load
+
+
+def encoder_reference(build: Callable[[], torch.nn.Module]) -> Callable[[], Callable]:
+    """Wraps a builder of the source framework's encoder into the verification interface."""
+
+    def make():
+        encoder = build().eval()
+
+        def run(input_ids, attention_mask):
+            return "hidden", encoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+
+        return run
+
+    return make
+
+
+def load_into(module: torch.nn.Module, state_dict: dict[str, torch.Tensor]) -> torch.nn.Module:
+    """Loads `state_dict` strictly (the verification model must hold exactly the source's weights)."""
+    module.load_state_dict(state_dict, strict=True)
+    return module
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Source readers
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def read_sentence_transformers(path: Path, name: str, **_) -> Source:
+    """google/embeddinggemma-300m's layout: Transformer (Gemma3TextModel) -> Pooling(mean) -> Dense* -> Normalize."""
+    folder = require_folder(path, "sentence-transformers")
     modules = read_json(folder / "modules.json")
     kinds = [module["type"].rsplit(".", 1)[-1] for module in modules]
     if not kinds or kinds[0] != "Transformer":
@@ -155,18 +264,16 @@ def read_sentence_transformers(folder: Path) -> tuple[dict, dict[str, torch.Tens
         )
     transformer_dir = folder / modules[0].get("path", "")
     backbone = read_json(transformer_dir / "config.json")
-    architectures = backbone.get("architectures") or []
     if backbone.get("model_type") != "gemma3_text":
+        hint = " A folder written by this converter: use --from embeddinggemma." if backbone.get("model_type") == "embeddinggemma" else ""
         raise ConversionError(
             f"{transformer_dir}/config.json has model_type={backbone.get('model_type')!r} and architectures="
-            f"{architectures}; expected a Gemma 3 text encoder (model_type 'gemma3_text', Gemma3TextModel). For a "
-            "Gemma 3 decoder use --from gemma3; for T5Gemma use --from t5gemma or t5gemma2."
+            f"{backbone.get('architectures')}; expected a Gemma 3 text encoder (model_type 'gemma3_text', "
+            f"Gemma3TextModel). For a Gemma 3 decoder use --from gemma3; for T5Gemma use --from t5gemma or t5gemma2.{hint}"
         )
-    fields = encoder_config_from_gemma3(backbone)
+    fields = {**encoder_fields(backbone, config_defaults("Gemma3TextConfig")), **rope_fields(backbone)}
 
-    # Head: Pooling, Dense layers, Normalize, in modules.json order.
-    dense_out_features, dense_bias, dense_activation, head_state = [], None, None, {}
-    normalize = False
+    dense_out_features, dense_bias, dense_activation, head_state, normalize = [], None, None, {}, False
     for module, kind in zip(modules[1:], kinds[1:]):
         module_dir = folder / module.get("path", "")
         if kind == "Pooling":
@@ -187,10 +294,9 @@ def read_sentence_transformers(folder: Path) -> tuple[dict, dict[str, torch.Tens
             if dense_bias not in (None, bias) or dense_activation not in (None, activation):
                 raise ConversionError(f"The Dense layers of {folder} differ in bias or activation; expected one kind.")
             dense_bias, dense_activation = bias, activation
-            weights = load_safetensors(module_dir, f"Dense module {module_dir.name}")
             index = len(dense_out_features)
-            for name, tensor in weights.items():
-                head_state[f"dense.{index}.{name.removeprefix('linear.')}"] = tensor
+            for key, tensor in load_safetensors(module_dir, f"Dense module {module_dir.name}").items():
+                head_state[f"dense.{index}.{key.removeprefix('linear.')}"] = tensor
             dense_out_features.append(dense["out_features"])
         elif kind == "Normalize":
             normalize = True
@@ -200,9 +306,7 @@ def read_sentence_transformers(folder: Path) -> tuple[dict, dict[str, torch.Tens
                 "and Normalize."
             )
 
-    st_config = {}
-    if (folder / "config_sentence_transformers.json").is_file():
-        st_config = read_json(folder / "config_sentence_transformers.json")
+    st_config = read_json(folder / "config_sentence_transformers.json") if (folder / "config_sentence_transformers.json").is_file() else {}
     fields.update(
         dense_out_features=dense_out_features,
         dense_bias=bool(dense_bias),
@@ -212,23 +316,293 @@ def read_sentence_transformers(folder: Path) -> tuple[dict, dict[str, torch.Tens
     )
     if st_config.get("prompts"):
         fields["prompts"] = st_config["prompts"]
-    if backbone.get("matryoshka_dimensions"):  # vLLM's and SGLang's key, written by our --to sentence-transformers
+    if backbone.get("matryoshka_dimensions"):  # vLLM's and SGLang's key, written by --to sentence-transformers
         fields["matryoshka_dims"] = list(backbone["matryoshka_dimensions"])
+    encoder, _ = select_encoder(load_safetensors(transformer_dir, "Transformer module"), ("", "model."))
+    state_dict = {**encoder, **head_state}
 
-    encoder_state = strip_prefix(load_safetensors(transformer_dir, "Transformer module"), ("model.",))
-    state_dict = {f"model.{key}": value for key, value in encoder_state.items()}
-    state_dict.update(head_state)
-    return fields, state_dict, transformer_dir
+    def reference():
+        try:
+            from sentence_transformers import SentenceTransformer
+        except ImportError as error:
+            raise ReferenceUnavailable("sentence-transformers is not installed (pip install 'embeddinggemma[st]')") from error
+        st = SentenceTransformer(str(folder), device="cpu")
+
+        def run(input_ids, attention_mask):
+            out = st.forward({"input_ids": input_ids, "attention_mask": attention_mask})
+            return "embedding", out["sentence_embedding"]
+
+        return run
+
+    return Source("sentence-transformers", name, fields, state_dict, auto_tokenizer(transformer_dir), reference)
+
+
+def read_embeddinggemma(path: Path, name: str, **_) -> Source:
+    """A folder written by this converter (or by EmbeddingGemmaModel.save_pretrained)."""
+    folder = require_folder(path, "embeddinggemma")
+    config = read_json(folder / "config.json")
+    if config.get("model_type") != "embeddinggemma":
+        raise ConversionError(
+            f"{folder}/config.json has model_type={config.get('model_type')!r}; --from embeddinggemma takes a folder "
+            "written by this converter (model_type 'embeddinggemma')."
+        )
+    parameters = inspect.signature(EmbeddingGemmaConfig.__init__).parameters
+    fields = {key: value for key, value in config.items() if key in parameters and key != "self"}
+    state_dict = load_safetensors(folder, "model")
+
+    def reference():
+        from transformers import AutoModel
+
+        model = AutoModel.from_pretrained(folder, trust_remote_code=True, dtype=torch.float32).eval()
+        return lambda ids, mask: ("embedding", model(input_ids=ids, attention_mask=mask).sentence_embedding)
+
+    return Source("embeddinggemma", name, fields, state_dict, auto_tokenizer(folder, trust_remote_code=True), reference)
+
+
+def read_gemma3(path: Path, name: str, gguf_file: str | None = None, **_) -> Source:
+    """A Gemma 3 decoder: Gemma3ForCausalLM (`model.*`), Gemma3ForConditionalGeneration (`model.language_model.*`
+    or the older `language_model.model.*`; vision tower and projector dropped) or a bare Gemma3TextModel; safetensors
+    or, with a .gguf file, through transformers' GGUF loader (dequantised). Attention becomes bidirectional."""
+    if gguf_file or path.suffix == ".gguf":
+        return read_gemma3_gguf(path, name, gguf_file)
+    folder = require_folder(path, "gemma3")
+    config = read_json(folder / "config.json")
+    model_type = config.get("model_type")
+    if model_type == "gemma3":
+        text_config = config.get("text_config") or {}
+    elif model_type == "gemma3_text":
+        text_config = config
+    else:
+        raise ConversionError(
+            f"{folder}/config.json has model_type={model_type!r}; --from gemma3 takes a Gemma 3 decoder "
+            "(model_type 'gemma3' or 'gemma3_text'). For T5Gemma use --from t5gemma or --from t5gemma2."
+        )
+    fields = {**encoder_fields(text_config, config_defaults("Gemma3TextConfig")), **rope_fields(text_config)}
+    weights = load_safetensors(folder, "model")
+    drop = ("lm_head.", "language_model.lm_head.", "model.lm_head.", "vision_tower.", "model.vision_tower.",
+            "multi_modal_projector.", "model.multi_modal_projector.")  # fmt: skip
+    state_dict, prefix = select_encoder(weights, ("model.language_model.", "language_model.model.", "model.", ""), drop)
+    source = Source("gemma3", name, fields, state_dict, auto_tokenizer(folder), gemma3_reference(fields, state_dict))
+    source.notes.append(f"encoder weights from '{prefix}*'; dropped the LM head and any vision tower/projector")
+    return source
+
+
+def read_gemma3_gguf(path: Path, name: str, gguf_file: str | None) -> Source:
+    if gguf_file:
+        folder, file_name = path, gguf_file
+    else:
+        folder, file_name = path.parent, path.name
+    file_path = folder / file_name
+    if not file_path.is_file():
+        raise ConversionError(f"GGUF file {file_path} does not exist.")
+    try:
+        from gguf import GGUFReader
+    except ImportError as error:
+        raise ConversionError("Reading GGUF needs the gguf package: pip install 'embeddinggemma[gguf]'.") from error
+    try:
+        reader = GGUFReader(file_path)
+        field = reader.fields["general.architecture"]
+        architecture = bytes(field.parts[field.data[0]]).decode()
+    except Exception as error:
+        raise ConversionError(f"{file_path} is not a readable GGUF file ({error}).") from error
+    if architecture != "gemma3":
+        hint = (
+            " EmbeddingGemma's own GGUF ('gemma-embedding') is not readable by transformers; convert "
+            "google/embeddinggemma-300m with --from sentence-transformers instead."
+            if architecture == "gemma-embedding"
+            else ""
+        )
+        raise ConversionError(
+            f"{file_path} holds a {architecture!r} model; --from gemma3 takes a Gemma 3 decoder GGUF "
+            f"(general.architecture 'gemma3').{hint}"
+        )
+    from transformers import AutoModelForCausalLM
+
+    decoder = AutoModelForCausalLM.from_pretrained(folder, gguf_file=file_name, dtype=torch.float32)
+    text_config = decoder.config.to_dict()
+    fields = {**encoder_fields(text_config, {}), **rope_fields(text_config)}
+    state_dict, _ = select_encoder(decoder.state_dict(), ("model.",), ("lm_head.",))
+    del decoder
+    source = Source("gemma3", name, fields, state_dict, auto_tokenizer(folder, gguf_file=file_name),
+                    gemma3_reference(fields, state_dict))  # fmt: skip
+    source.notes.append(f"dequantised from {file_name} by transformers' GGUF loader; LM head dropped")
+    return source
+
+
+def gemma3_reference(fields: dict, state_dict: dict) -> Callable[[], Callable]:
+    """transformers' own Gemma3TextModel with use_bidirectional_attention=True, holding the same weights."""
+
+    def build():
+        from transformers import Gemma3TextConfig, Gemma3TextModel
+
+        config = {k: v for k, v in fields.items() if k not in ("rope_linear_factor",)}
+        if fields.get("rope_linear_factor", 1.0) != 1.0:
+            config["rope_scaling"] = {"rope_type": "linear", "factor": fields["rope_linear_factor"]}
+        model = Gemma3TextModel(Gemma3TextConfig(**config, use_bidirectional_attention=True, attn_implementation="eager"))
+        encoder = {k.removeprefix("model."): v.float() for k, v in state_dict.items() if k.startswith("model.")}
+        return load_into(model, encoder)
+
+    return encoder_reference(build)
+
+
+def read_t5gemma(path: Path, name: str, **_) -> Source:
+    """The encoder of a T5Gemma (v1) checkpoint: Gemma 2 blocks (no QK-norm, softcapped attention logits, one RoPE
+    base, alternating sliding/full layers with |i - j| <= sliding_window). Decoder and LM head dropped."""
+    folder = require_folder(path, "t5gemma")
+    config = read_json(folder / "config.json")
+    if config.get("model_type") != "t5gemma":
+        raise ConversionError(
+            f"{folder}/config.json has model_type={config.get('model_type')!r}; --from t5gemma takes a T5Gemma (v1) "
+            "checkpoint (model_type 't5gemma'). For T5Gemma 2 use --from t5gemma2."
+        )
+    encoder_config = config.get("encoder") or {}
+    defaults = config_defaults("T5GemmaModuleConfig")
+    merged = {**defaults, **encoder_config}
+    rope = rope_fields(encoder_config, default_theta=10_000.0, default_local=10_000.0)
+    fields = {
+        **encoder_fields(encoder_config, defaults, default_pattern=2),
+        **rope,
+        "use_qk_norm": False,
+        "attn_logit_softcapping": merged.get("attn_logit_softcapping"),
+        "sliding_window_convention": "t5gemma",
+    }
+    weights = load_safetensors(folder, "model")
+    if any(".self_attn.q_norm." in key for key in weights):
+        raise ConversionError(
+            f"{folder} has q_norm weights, which T5Gemma v1 encoders (Gemma 2 blocks) do not: this looks like a "
+            "T5Gemma 2 checkpoint. Use --from t5gemma2."
+        )
+    renames = ((".pre_self_attn_layernorm.", ".input_layernorm."), (".post_self_attn_layernorm.", ".post_attention_layernorm."))
+    state_dict, _ = select_encoder(weights, ("model.encoder.", "encoder."), ("model.decoder.", "decoder.", "lm_head."), renames)
+
+    def build():
+        from transformers import T5GemmaModuleConfig
+        from transformers.models.t5gemma import modeling_t5gemma
+        from transformers.models.t5gemma.modeling_t5gemma import T5GemmaEncoder
+
+        if not hasattr(modeling_t5gemma, "create_bidirectional_sliding_window_mask"):
+            raise ReferenceUnavailable(
+                "this transformers (< 5) builds T5Gemma's encoder window one token narrower (|i - j| < window) than "
+                "current releases (|i - j| <= window), which the conversion follows; verify with transformers >= 5"
+            )
+
+        module_config = T5GemmaModuleConfig(**{**encoder_config, "is_decoder": False}, attn_implementation="eager")
+        source_keys = {}
+        for key, value in state_dict.items():
+            if not key.startswith("model."):
+                continue  # the head added by the converter
+            key = key.removeprefix("model.")
+            for old, new in renames:
+                key = key.replace(new, old)
+            source_keys[key] = value.float()
+        return load_into(T5GemmaEncoder(module_config), source_keys)
+
+    source = Source("t5gemma", name, fields, state_dict, auto_tokenizer(folder), encoder_reference(build))
+    source.notes.append("renamed pre/post_self_attn_layernorm to input/post_attention_layernorm; dropped the decoder")
+    return source
+
+
+def read_t5gemma2(path: Path, name: str, **_) -> Source:
+    """The text encoder of a T5Gemma 2 checkpoint (Gemma 3 blocks). The learned `eoi_embedding` is folded into the
+    embedding table; vision tower, projector, decoder and LM head are dropped; its window is kept exactly
+    (one token narrower on the left than EmbeddingGemma's)."""
+    folder = require_folder(path, "t5gemma2")
+    config = read_json(folder / "config.json")
+    if config.get("model_type") != "t5gemma2":
+        raise ConversionError(
+            f"{folder}/config.json has model_type={config.get('model_type')!r}; --from t5gemma2 takes a T5Gemma 2 "
+            "checkpoint (model_type 't5gemma2'). For T5Gemma v1 use --from t5gemma."
+        )
+    encoder_config = config.get("encoder") or {}
+    text_config = encoder_config.get("text_config") or {}
+    eoi_index = encoder_config.get("eoi_token_index", config.get("eoi_token_index", 256_000))
+    fields = {
+        **encoder_fields(text_config, config_defaults("T5Gemma2TextConfig")),
+        **rope_fields(text_config),
+        "sliding_window_convention": "t5gemma2",
+    }
+    weights = load_safetensors(folder, "model")
+    drop = ("model.decoder.", "decoder.", "lm_head.", "model.encoder.vision_tower.", "model.encoder.multi_modal_projector.",
+            "encoder.vision_tower.", "encoder.multi_modal_projector.")  # fmt: skip
+    prefixes = ("model.encoder.text_model.", "model.encoder.", "encoder.text_model.", "encoder.")
+    renames = ((".pre_self_attn_layernorm.", ".input_layernorm."), (".post_self_attn_layernorm.", ".post_attention_layernorm."))
+    state_dict, _ = select_encoder(weights, prefixes, drop, renames)
+    eoi_embedding = state_dict.pop("model.embed_tokens.eoi_embedding", None)
+    original = {k: v for k, v in state_dict.items()}
+    if eoi_embedding is not None:
+        original["model.embed_tokens.eoi_embedding"] = eoi_embedding
+        table = state_dict["model.embed_tokens.weight"].clone()
+        if 0 <= eoi_index < table.shape[0]:
+            # T5Gemma 2 replaces the *scaled* embedding of this token with eoi_embedding; we scale every row,
+            # so store eoi_embedding / scale (the scale rounded to the table's dtype, as both models do).
+            scale = torch.tensor(fields["hidden_size"] ** 0.5, dtype=table.dtype)
+            table[eoi_index] = (eoi_embedding.to(torch.float64) / scale.to(torch.float64)).to(table.dtype)
+        state_dict["model.embed_tokens.weight"] = table
+
+    def build():
+        try:
+            from transformers import T5Gemma2TextConfig
+            from transformers.models.t5gemma2.modeling_t5gemma2 import T5Gemma2TextEncoder
+        except ImportError as error:
+            raise ReferenceUnavailable("this transformers has no T5Gemma 2 (it arrived in transformers 5)") from error
+
+        encoder = T5Gemma2TextEncoder(T5Gemma2TextConfig(**text_config, attn_implementation="eager"), eoi_token_index=eoi_index)
+        source_keys = {}
+        for key, value in original.items():
+            key = key.removeprefix("model.")
+            for old, new in renames:
+                key = key.replace(new, old)
+            source_keys[key] = value.float()
+        return load_into(encoder, source_keys)
+
+    source = Source("t5gemma2", name, fields, state_dict, auto_tokenizer(folder), encoder_reference(build))
+    source.notes.append(
+        f"folded eoi_embedding into row {eoi_index} of the embedding table; dropped vision tower, projector, decoder"
+    )
+    return source
+
+
+READERS = {
+    "sentence-transformers": read_sentence_transformers,
+    "embeddinggemma": read_embeddinggemma,
+    "gemma3": read_gemma3,
+    "t5gemma": read_t5gemma,
+    "t5gemma2": read_t5gemma2,
+}
 
 
 # ----------------------------------------------------------------------------------------------------------------
-# Building and writing
+# Building the model
 # ----------------------------------------------------------------------------------------------------------------
 
 
 def default_matryoshka_dims(embedding_dim: int) -> list[int]:
     """EmbeddingGemma's dims (768, 512, 256, 128) that fit, led by the full dim."""
     return [embedding_dim] + [d for d in (512, 256, 128) if d < embedding_dim]
+
+
+def add_head(source: Source, head_init: str, embedding_dim: int | None, seed: int = 0) -> None:
+    """Gives a headless source (a decoder or T5Gemma encoder) EmbeddingGemma's head shape: Dense(hidden -> 4D),
+    Dense(4D -> D), no bias, no activation. "identity": W2 @ W1 = I (rectangular when D != hidden), so before training
+    the sentence embedding is the L2-normalised mean of the final hidden states (its first D dims). "random": the
+    paper's randomly initialised projection."""
+    if head_init not in HEAD_INITS:
+        raise ConversionError(f"--head-init {head_init!r} is not supported; expected one of {HEAD_INITS}.")
+    hidden = source.fields["hidden_size"]
+    dim = embedding_dim or hidden
+    if dim < 1:
+        raise ConversionError(f"--embedding-dim {dim} must be positive.")
+    dtype = source.state_dict["model.embed_tokens.weight"].dtype
+    if head_init == "identity":
+        first, second = torch.eye(4 * dim, hidden, dtype=dtype), torch.eye(dim, 4 * dim, dtype=dtype)
+    else:
+        generator = torch.Generator().manual_seed(seed)
+        first = torch.randn(4 * dim, hidden, generator=generator) / hidden**0.5
+        second = torch.randn(dim, 4 * dim, generator=generator) / (4 * dim) ** 0.5
+    source.state_dict.update({"dense.0.weight": first.to(dtype), "dense.1.weight": second.to(dtype)})
+    source.fields.update(dense_out_features=[4 * dim, dim], dense_bias=False, dense_activation="identity")
+    source.added_head = head_init
+    source.notes.append(f"added a new head ({head_init} initialisation): Dense {hidden} -> {4 * dim} -> {dim}")
 
 
 def build_model(fields: dict, state_dict: dict[str, torch.Tensor], dtype: torch.dtype) -> EmbeddingGemmaModel:
@@ -267,16 +641,11 @@ def build_model(fields: dict, state_dict: dict[str, torch.Tensor], dtype: torch.
     return model.eval()
 
 
-def prepare_tokenizer(tokenizer_dir: Path, max_length: int):
+def prepare_tokenizer(tokenizer, max_length: int):
     """The source's tokenizer, set up as EmbeddingGemma's: `<bos> text <eos>`, right padding."""
-    from transformers import AutoTokenizer
-
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
-    except Exception as error:
-        raise ConversionError(f"Could not load the tokenizer in {tokenizer_dir}: {error}") from error
     tokenizer.padding_side = "right"
     tokenizer.model_max_length = max_length
+    tokenizer.init_kwargs.update(padding_side="right", model_max_length=max_length)  # what save_pretrained writes
     ids = tokenizer("a")["input_ids"]
     if ids[0] != tokenizer.bos_token_id or ids[-1] != tokenizer.eos_token_id:
         # Gemma LLM tokenizers add <bos> only; EmbeddingGemma was trained with <eos> too (typesense/typesense#3038).
@@ -286,10 +655,241 @@ def prepare_tokenizer(tokenizer_dir: Path, max_length: int):
         ids = tokenizer("a")["input_ids"]
     if ids[0] != tokenizer.bos_token_id or ids[-1] != tokenizer.eos_token_id:
         raise ConversionError(
-            f"The tokenizer in {tokenizer_dir} does not wrap texts in <bos> ... <eos> (got {ids} for 'a') and could "
-            "not be set to; EmbeddingGemma needs both."
+            f"The source tokenizer does not wrap texts in <bos> ... <eos> (got {ids} for 'a') and could not be set "
+            "to; EmbeddingGemma needs both."
         )
     return tokenizer
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Verification, export, model card, upload
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def verification_batch(tokenizer, config: EmbeddingGemmaConfig) -> tuple[torch.Tensor, torch.Tensor]:
+    """A few texts, right-padded, one of them longer than the sliding window (so the window is checked too)."""
+    left, right = config.attention_window
+    target = min(left + right + 64, config.max_position_embeddings, tokenizer.model_max_length or 10**9)
+    long_text = " ".join(f"planet {i} orbits a quiet star." for i in range(target))
+    batch = tokenizer(VERIFY_TEXTS + [long_text], padding=True, truncation=True, max_length=target, return_tensors="pt")
+    return batch["input_ids"], batch["attention_mask"]
+
+
+@torch.no_grad()
+def verify(folder: Path, source: Source, tokenizer, dtype: torch.dtype) -> dict:
+    """Loads the written folder through AutoModel (remote code) and compares it with the source framework's own
+    model on a few texts. Returns the figures; raises if they disagree beyond MIN_COSINE for the output dtype."""
+    from transformers import AutoModel
+
+    try:
+        reference = source.reference()
+    except ReferenceUnavailable as reason:
+        return {"verified": False, "reason": str(reason)}
+    model = AutoModel.from_pretrained(folder, trust_remote_code=True, dtype=dtype).eval()
+    input_ids, attention_mask = verification_batch(tokenizer, model.config)
+    ours = model(input_ids=input_ids, attention_mask=attention_mask)
+    what, expected = reference(input_ids, attention_mask)
+    real = attention_mask.bool()
+    if what == "hidden":
+        actual, expected = ours.last_hidden_state.float()[real], expected.float()[real]  # (real tokens, hidden)
+    else:
+        actual, expected = ours.sentence_embedding.float(), expected.float()
+    cosine = F.cosine_similarity(actual, expected, dim=-1)
+    figures = {
+        "verified": True,
+        "compared": "encoder last_hidden_state per real token" if what == "hidden" else "sentence_embedding per text",
+        "texts": int(input_ids.shape[0]),
+        "tokens": int(real.sum()),
+        "longest": int(real.sum(-1).max()),
+        "min_cosine": round(float(cosine.min()), 8),
+        "max_abs_diff": float((actual - expected).abs().max()),
+        "dtype": str(model.dtype).removeprefix("torch."),
+    }
+    if source.identity_head:
+        # With the identity head the embedding is the normalised mean of the hidden states (its first dims).
+        pooled = F.normalize(mean_pool(ours.last_hidden_state.float(), real), dim=-1)[:, : model.config.embedding_dim]
+        figures["identity_head_max_abs_diff"] = float((F.normalize(pooled, dim=-1) - ours.sentence_embedding.float()).abs().max())
+    threshold = MIN_COSINE[model.dtype]
+    if not figures["min_cosine"] >= threshold:
+        raise ConversionError(
+            f"Verification failed: the converted model disagrees with the source framework's ({figures}); expected a "
+            f"minimum cosine of {threshold} for {figures['dtype']}. Nothing was written. Please report this with the "
+            "source checkpoint's name."
+        )
+    return figures
+
+
+def gemma3_text_config(config: EmbeddingGemmaConfig) -> dict:
+    """The `Gemma3TextModel` config.json that sentence-transformers, TEI, vLLM and llama.cpp read, with the legacy
+    keys TEI requires (`rope_theta`, `rope_local_base_freq`, `_sliding_window_pattern`)."""
+    if config.sliding_window_convention != "embeddinggemma" or not config.use_qk_norm or config.attn_logit_softcapping:
+        raise ConversionError(
+            "This model cannot be written as a Gemma3TextModel: it comes from T5Gemma (sliding_window_convention="
+            f"{config.sliding_window_convention!r}, use_qk_norm={config.use_qk_norm}, attn_logit_softcapping="
+            f"{config.attn_logit_softcapping}), which Gemma 3 cannot express. Keep the embeddinggemma format."
+        )
+    full = [i for i, t in enumerate(config.layer_types) if t == "full_attention"]
+    pattern = full[0] + 1 if full and full == list(range(full[0], config.num_hidden_layers, full[0] + 1)) else None
+    out = {
+        "architectures": ["Gemma3TextModel"],
+        "model_type": "gemma3_text",
+        **{key: getattr(config, key) for key in ENCODER_KEYS},
+        "attn_logit_softcapping": None,
+        "final_logit_softcapping": None,
+        "rope_theta": config.rope_theta,
+        "rope_local_base_freq": config.rope_local_base_freq,
+        "rope_scaling": None if config.rope_linear_factor == 1.0 else {"rope_type": "linear", "factor": config.rope_linear_factor},
+        "use_bidirectional_attention": True,
+        "use_cache": False,
+        "is_matryoshka": True,
+        "matryoshka_dimensions": config.matryoshka_dims,
+        "dtype": str(config.dtype).removeprefix("torch.") if config.dtype else "float32",
+    }
+    if pattern:
+        out["_sliding_window_pattern"] = pattern
+    return out
+
+
+def write_sentence_transformers(folder: Path, model: EmbeddingGemmaModel, tokenizer) -> None:
+    """google/embeddinggemma-300m's layout: bare Gemma3TextModel keys, 1_Pooling (verbose legacy schema), N_Dense,
+    modules.json with the classic `sentence_transformers.models.*` paths, prompts."""
+    config = model.config
+    state = model.state_dict()
+    (folder / "config.json").write_text(json.dumps(gemma3_text_config(config), indent=2) + "\n")
+    save_file({k.removeprefix("model."): v.contiguous() for k, v in state.items() if k.startswith("model.")},
+              folder / "model.safetensors", metadata={"format": "pt"})  # fmt: skip
+    modules = [{"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"}]
+    pooling = {
+        "word_embedding_dimension": config.hidden_size,
+        "pooling_mode_cls_token": False,
+        "pooling_mode_mean_tokens": True,
+        "pooling_mode_max_tokens": False,
+        "pooling_mode_mean_sqrt_len_tokens": False,
+        "pooling_mode_weightedmean_tokens": False,
+        "pooling_mode_lasttoken": False,
+        "include_prompt": True,
+    }
+    (folder / "1_Pooling").mkdir()
+    (folder / "1_Pooling" / "config.json").write_text(json.dumps(pooling, indent=4) + "\n")
+    modules.append({"idx": 1, "name": "1", "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"})
+    activation = "torch.nn.modules.linear.Identity" if config.dense_activation == "identity" else config.dense_activation
+    for index, layer in enumerate(model.dense):
+        name = f"{index + 2}_Dense"
+        (folder / name).mkdir()
+        dense = {"in_features": layer.in_features, "out_features": layer.out_features, "bias": config.dense_bias,
+                 "activation_function": activation}  # fmt: skip
+        (folder / name / "config.json").write_text(json.dumps(dense, indent=4) + "\n")
+        tensors = {f"linear.{k}": v.contiguous() for k, v in state.items() if k.startswith(f"dense.{index}.") for k in [k.split(".", 2)[2]]}
+        save_file(tensors, folder / name / "model.safetensors", metadata={"format": "pt"})
+        modules.append({"idx": index + 2, "name": str(index + 2), "path": name, "type": "sentence_transformers.models.Dense"})
+    if config.normalize_embeddings:
+        n = len(modules)
+        modules.append({"idx": n, "name": str(n), "path": f"{n}_Normalize", "type": "sentence_transformers.models.Normalize"})
+    (folder / "modules.json").write_text(json.dumps(modules, indent=2) + "\n")
+    bert_config = {"max_seq_length": config.max_position_embeddings, "do_lower_case": False}
+    (folder / "sentence_bert_config.json").write_text(json.dumps(bert_config, indent=4) + "\n")
+    st_config = {"model_type": "SentenceTransformer", "prompts": config.prompts,
+                 "default_prompt_name": config.default_prompt_name, "similarity_fn_name": "cosine"}  # fmt: skip
+    (folder / "config_sentence_transformers.json").write_text(json.dumps(st_config, indent=2) + "\n")
+    tokenizer.save_pretrained(folder)
+
+
+def write_model_card(folder: Path, config: EmbeddingGemmaConfig, source: Source, target: str, name: str,
+                     figures: dict | None, base_model: str | None) -> None:  # fmt: skip
+    """README.md with Hub metadata, usage snippets and the parity figures measured at conversion; `name` is the
+    Hub repo id or the output folder's name."""
+    library = "sentence-transformers" if target == "sentence-transformers" else "transformers"
+    tags = ["embeddinggemma", "sentence-similarity", "feature-extraction", "text-embeddings", "matryoshka"]
+    if target == "sentence-transformers":
+        tags += ["sentence-transformers", "text-embeddings-inference"]
+    meta = ["---", f"library_name: {library}", "pipeline_tag: sentence-similarity", "license: gemma", "tags:"]
+    meta += [f"- {tag}" for tag in tags]
+    if base_model:
+        meta += ["base_model:", f"- {base_model}"]
+    meta.append("---")
+    if target == "sentence-transformers":
+        usage = f"""```python
+from sentence_transformers import SentenceTransformer
+
+model = SentenceTransformer("{name}")
+query = model.encode_query("Which planet is known as the Red Planet?")
+documents = model.encode_document(["Mars is often referred to as the Red Planet.", "Venus is Earth's twin."])
+print(model.similarity(query, documents))
+```"""
+    else:
+        usage = f"""```python
+from transformers import AutoModel
+
+model = AutoModel.from_pretrained("{name}", trust_remote_code=True)
+query = model.encode_query("Which planet is known as the Red Planet?")
+documents = model.encode_document(["Mars is often referred to as the Red Planet.", "Venus is Earth's twin."])
+print(documents @ query)  # cosine similarities; truncate_dim={config.matryoshka_dims[-1]} for a small index
+```
+
+Also `SentenceTransformer("{name}", trust_remote_code=True)` (sentence-transformers >= 5.4) and
+`pipeline("sentence-embeddings", model="{name}", trust_remote_code=True)`."""
+    if figures and figures.get("verified"):
+        parity = (
+            f"Verified at conversion against the source framework's own model ({figures['compared']}, "
+            f"{figures['texts']} texts, {figures['tokens']} tokens, longest {figures['longest']}): minimum cosine "
+            f"{figures['min_cosine']}, maximum absolute difference {figures['max_abs_diff']:.3g} in "
+            f"{figures['dtype']}."
+        )
+    else:
+        parity = "Not verified at conversion" + (f": {figures['reason']}." if figures else ".")
+    head = "" if not source.added_head else (
+        "\n**This encoder's embedding head is freshly initialised: fine-tune it before use** "
+        "(see the training recipe of the embeddinggemma package).\n"
+    )
+    body = f"""
+# {name}
+
+An EmbeddingGemma-architecture text embedding model: bidirectional Gemma 3 encoder ({config.num_hidden_layers}
+layers, hidden {config.hidden_size}) -> mean pooling -> Dense {" -> ".join(map(str, config.dense_out_features))}
+-> L2 normalisation, {config.embedding_dim}-d embeddings, Matryoshka dims {config.matryoshka_dims}.
+Converted from `{source.name}` (`--from {source.kind}`) by the embeddinggemma package's `convert_checkpoint.py`.
+{head}
+## Usage
+
+{usage}
+
+Prompts: `task: search result | query: ` for queries, `title: {{title | none}} | text: ` for documents; the full
+table is in `config_sentence_transformers.json`. Use float32 or bfloat16: float16 overflows.
+
+## Parity
+
+{parity}
+
+## Conversion notes
+
+{chr(10).join(f"- {note}" for note in source.notes) or "- renamed only"}
+"""
+    (folder / "README.md").write_text("\n".join(meta) + "\n" + body)
+
+
+def push_folder(folder: Path, repo_id: str, private: bool) -> str:
+    """Uploads `folder` to the Hub repo `repo_id` (created if needed) with huggingface_hub; the token comes from the
+    usual places (HF_TOKEN, `huggingface-cli login`)."""
+    from huggingface_hub import CommitOperationAdd, HfApi
+
+    api = HfApi()
+    files = sorted(p for p in folder.rglob("*") if p.is_file())
+    operations = [CommitOperationAdd(path_in_repo=p.relative_to(folder).as_posix(), path_or_fileobj=str(p)) for p in files]
+    try:
+        api.create_repo(repo_id, private=private, exist_ok=True)
+        commit = api.create_commit(repo_id, operations=operations,
+                                   commit_message="Upload EmbeddingGemma model converted by embeddinggemma")  # fmt: skip
+    except Exception as error:
+        raise ConversionError(
+            f"Uploading to {repo_id!r} failed ({type(error).__name__}: {error}). The converted folder is complete in "
+            f"{folder}; fix the token or repo id and upload it with `huggingface-cli upload {repo_id} {folder}`."
+        ) from error
+    return getattr(commit, "commit_url", str(commit))
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Orchestration
+# ----------------------------------------------------------------------------------------------------------------
 
 
 def check_output_dir(output_dir: Path, overwrite: bool) -> None:
@@ -299,13 +899,14 @@ def check_output_dir(output_dir: Path, overwrite: bool) -> None:
         raise ConversionError(f"{output_dir} exists and is not empty; pass --overwrite to replace it.")
 
 
-def write_atomically(output_dir: Path, overwrite: bool, write) -> None:
+def write_atomically(output_dir: Path, overwrite: bool, write: Callable[[Path], None]) -> None:
     """Calls `write(tmp_dir)` on a fresh folder beside `output_dir`, then moves it into place. On any error the
     temporary folder is removed and `output_dir` is left as it was."""
     check_output_dir(output_dir, overwrite)
     output_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp_dir = Path(tempfile.mkdtemp(prefix=f".{output_dir.name}.tmp-", dir=output_dir.parent))
     try:
+        os.chmod(tmp_dir, 0o777 & ~_umask())
         write(tmp_dir)
         if output_dir.exists():
             old = Path(tempfile.mkdtemp(prefix=f".{output_dir.name}.old-", dir=output_dir.parent))
@@ -319,53 +920,136 @@ def write_atomically(output_dir: Path, overwrite: bool, write) -> None:
         raise
 
 
-def convert(source: str, output_dir: str | os.PathLike, source_kind: str = "sentence-transformers",
-            dtype: str = "float32", overwrite: bool = False,
-            matryoshka_dims: list[int] | None = None) -> Path:  # fmt: skip
-    """Converts `source` (folder or Hub id) into `output_dir`; returns the output path. `matryoshka_dims`
-    overrides the dims the embedding may be truncated to (default: those of 768/512/256/128 that fit)."""
-    if source_kind not in SOURCES:
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def convert(
+    source: str,
+    output_dir: str | os.PathLike,
+    source_kind: str = "sentence-transformers",
+    *,
+    to: str = "embeddinggemma",
+    dtype: str = "float32",
+    overwrite: bool = False,
+    matryoshka_dims: list[int] | None = None,
+    gguf_file: str | None = None,
+    head_init: str = "identity",
+    embedding_dim: int | None = None,
+    verify_output: bool = True,
+    push_to_hub: str | None = None,
+    private: bool = False,
+    base_model: str | None = None,
+    log: Callable[[str], None] = lambda message: None,
+) -> Path:
+    """Converts `source` (folder, Hub id or .gguf file) of kind `source_kind` into `output_dir` in the `to` format,
+    verifies it, optionally uploads it, and returns the output path. Raises ConversionError on bad input, with
+    nothing written."""
+    if source_kind not in READERS:
         raise ConversionError(f"--from {source_kind!r} is not supported; expected one of {SOURCES}.")
+    if to not in TARGETS:
+        raise ConversionError(f"--to {to!r} is not supported; expected one of {TARGETS}.")
     if dtype not in DTYPES:
         raise ConversionError(f"--dtype {dtype!r} is not supported; expected one of {tuple(DTYPES)} (float16 "
                               "overflows in EmbeddingGemma).")  # fmt: skip
     output_dir = Path(output_dir).expanduser().resolve()
     check_output_dir(output_dir, overwrite)  # fail before downloading or reading anything
 
-    folder = resolve_source(source, ST_ALLOW_PATTERNS)
-    fields, state_dict, tokenizer_dir = read_sentence_transformers(folder)
+    path = resolve_source(source)
+    src = READERS[source_kind](path, name=source, gguf_file=gguf_file)
+    if src.has_head and embedding_dim is not None and source_kind != "embeddinggemma":
+        raise ConversionError(f"--embedding-dim applies to sources without a head; {source!r} has one.")
+    if not src.has_head:
+        add_head(src, head_init, embedding_dim)
     if matryoshka_dims:
-        fields["matryoshka_dims"] = list(matryoshka_dims)
-    model = build_model(fields, state_dict, DTYPES[dtype])
-    tokenizer = prepare_tokenizer(tokenizer_dir, model.config.max_position_embeddings)
+        src.fields["matryoshka_dims"] = list(matryoshka_dims)
+    model = build_model(src.fields, src.state_dict, DTYPES[dtype])
+    tokenizer = prepare_tokenizer(src.load_tokenizer(), model.config.max_position_embeddings)
+    log(f"read {source} (--from {source_kind}): {model.config.num_hidden_layers} layers, hidden "
+        f"{model.config.hidden_size}, embedding dim {model.config.embedding_dim}")  # fmt: skip
+    figures = None
 
     def write(tmp_dir: Path) -> None:
-        model.save_pretrained(tmp_dir, safe_serialization=True)
-        tokenizer.save_pretrained(tmp_dir)
+        nonlocal figures
+        if to == "sentence-transformers":
+            write_sentence_transformers(tmp_dir, model, tokenizer)
+        else:
+            model.save_pretrained(tmp_dir, safe_serialization=True)
+            tokenizer.save_pretrained(tmp_dir)
+        if verify_output and to == "embeddinggemma":
+            figures = verify(tmp_dir, src, tokenizer, DTYPES[dtype])
+            log(f"verification: {figures}")
+        elif verify_output:
+            figures = verify_sentence_transformers(tmp_dir, model, tokenizer)
+            log(f"verification: {figures}")
+        write_model_card(tmp_dir, model.config, src, to, push_to_hub or output_dir.name, figures, base_model)
 
     write_atomically(output_dir, overwrite, write)
+    if push_to_hub:
+        log(f"uploaded: {push_folder(output_dir, push_to_hub, private)}")
     return output_dir
+
+
+@torch.no_grad()
+def verify_sentence_transformers(folder: Path, model: EmbeddingGemmaModel, tokenizer) -> dict:
+    """An exported sentence-transformers folder against our model."""
+    try:
+        from sentence_transformers import SentenceTransformer
+    except ImportError:
+        return {"verified": False, "reason": "sentence-transformers is not installed (pip install 'embeddinggemma[st]')"}
+    st = SentenceTransformer(str(folder), device="cpu")
+    input_ids, attention_mask = verification_batch(tokenizer, model.config)
+    expected = model.float()(input_ids=input_ids, attention_mask=attention_mask).sentence_embedding
+    actual = st.forward({"input_ids": input_ids, "attention_mask": attention_mask})["sentence_embedding"].float()
+    cosine = F.cosine_similarity(actual, expected, dim=-1)
+    figures = {"verified": True, "compared": "sentence_embedding per text", "texts": int(input_ids.shape[0]),
+               "tokens": int(attention_mask.sum()), "longest": int(attention_mask.sum(-1).max()),
+               "min_cosine": round(float(cosine.min()), 8), "max_abs_diff": float((actual - expected).abs().max()),
+               "dtype": str(st[0].auto_model.dtype).removeprefix("torch.")}  # fmt: skip
+    if not figures["min_cosine"] >= MIN_COSINE[torch.float32]:
+        raise ConversionError(f"Verification failed: sentence-transformers reads the export differently ({figures}).")
+    return figures
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--from", dest="source_kind", required=True, choices=SOURCES, help="kind of source")
-    parser.add_argument("source", help="source folder or Hub repo id")
+    parser.add_argument("source", help="source folder, Hub repo id, or (gemma3) .gguf file")
     parser.add_argument("output_dir", help="folder to write (must be empty or absent unless --overwrite)")
+    parser.add_argument("--to", default="embeddinggemma", choices=TARGETS, help="output layout (default embeddinggemma)")
     parser.add_argument("--dtype", default="float32", choices=tuple(DTYPES), help="weight dtype (default float32)")
     parser.add_argument("--overwrite", action="store_true", help="replace a non-empty OUTPUT_DIR")
+    parser.add_argument("--gguf-file", help="with --from gemma3: the .gguf file inside SOURCE (a folder or Hub id)")
+    parser.add_argument("--head-init", default="identity", choices=HEAD_INITS,
+                        help="head of a source without one: identity (W2 W1 = I) or random (default identity)")  # fmt: skip
+    parser.add_argument("--embedding-dim", type=int, help="output dim of a new head (default: the hidden size)")
     parser.add_argument(
         "--matryoshka-dims", type=lambda s: [int(d) for d in s.split(",")], metavar="D1,D2,...",
         help="dims the embedding may be truncated to (default: 768,512,256,128, those that fit)",
     )  # fmt: skip
+    parser.add_argument("--no-verify", dest="verify", action="store_false",
+                        help="skip comparing the output with the source framework's own model")  # fmt: skip
+    parser.add_argument("--push-to-hub", metavar="REPO_ID", help="upload the result to this Hub repo")
+    parser.add_argument("--private", action="store_true", help="with --push-to-hub: create the repo private")
+    parser.add_argument("--base-model", help="Hub id for the model card's base_model (default: SOURCE if a Hub id)")
     args = parser.parse_args(argv)
+    base_model = args.base_model or (args.source if not Path(args.source).expanduser().exists() else None)
     try:
-        output = convert(args.source, args.output_dir, args.source_kind, args.dtype, args.overwrite,
-                         args.matryoshka_dims)  # fmt: skip
+        output = convert(
+            args.source, args.output_dir, args.source_kind, to=args.to, dtype=args.dtype, overwrite=args.overwrite,
+            matryoshka_dims=args.matryoshka_dims, gguf_file=args.gguf_file, head_init=args.head_init,
+            embedding_dim=args.embedding_dim, verify_output=args.verify, push_to_hub=args.push_to_hub,
+            private=args.private, base_model=base_model, log=print,
+        )  # fmt: skip
     except ConversionError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
-    print(f"Wrote {output}. Load it with AutoModel.from_pretrained({str(output)!r}, trust_remote_code=True).")
+    if args.to == "sentence-transformers":
+        print(f"Wrote {output}. Load it with SentenceTransformer({str(output)!r}).")
+    else:
+        print(f"Wrote {output}. Load it with AutoModel.from_pretrained({str(output)!r}, trust_remote_code=True).")
     return 0
 
 

@@ -128,4 +128,84 @@ def build_tiny_sentence_transformer(folder: str | Path, seed: int = 0, dense_out
     modules = [Transformer(str(backbone_dir)), Pooling(dims[0], "mean"), *dense, Normalize()]
     model = SentenceTransformer(modules=modules, prompts=dict(EMBEDDINGGEMMA_PROMPTS), device="cpu")
     model.save(str(folder))
+    # transformers < 5.24 saves a bidirectional Gemma 3 config with its window halved (512 -> 257 -> 129 ...:
+    # huggingface/transformers#47940); write the declared window back, as google/embeddinggemma-300m has it.
+    for config_path in (folder / "config.json", backbone_dir / "config.json"):
+        config = json.loads(config_path.read_text())
+        config["sliding_window"] = TINY_ENCODER["sliding_window"]
+        config_path.write_text(json.dumps(config, indent=2))
+    return model
+
+
+def _tiny_text_config(**overrides) -> dict:
+    """The tiny encoder as a Gemma 3 text config dict (no RoPE legacy keys: the classes set their own)."""
+    config = {k: v for k, v in TINY_ENCODER.items() if k not in ("rope_theta", "rope_local_base_freq")}
+    return {**config, **overrides}
+
+
+def _save_llm_tokenizer(folder: Path) -> None:
+    """The tiny tokenizer set up as Gemma LLM tokenizers are: <bos> only, left padding (the converter fixes both)."""
+    tokenizer = train_tiny_tokenizer(folder)
+    tokenizer.add_eos_token = False
+    if hasattr(tokenizer, "update_post_processor"):
+        tokenizer.update_post_processor()
+    tokenizer.padding_side = "left"
+    tokenizer.save_pretrained(folder)
+
+
+def build_tiny_gemma3(folder: str | Path, kind: str = "causal", seed: int = 0):
+    """A tiny Gemma 3 decoder saved by transformers: "causal" (Gemma3ForCausalLM) or "conditional"
+    (Gemma3ForConditionalGeneration, with a tiny SigLIP vision tower)."""
+    from transformers import Gemma3Config, Gemma3ForCausalLM, Gemma3ForConditionalGeneration, Gemma3TextConfig
+
+    folder = Path(folder)
+    text_config = Gemma3TextConfig(**_tiny_text_config())
+    if kind == "causal":
+        model = Gemma3ForCausalLM(text_config)
+    else:
+        vision = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
+                      image_size=28, patch_size=14)  # fmt: skip
+        config = Gemma3Config(text_config=text_config.to_dict(), vision_config=vision, mm_tokens_per_image=4,
+                              boi_token_index=300, eoi_token_index=301, image_token_index=302)  # fmt: skip
+        model = Gemma3ForConditionalGeneration(config)
+    randomize_(model, seed=seed)
+    model.save_pretrained(folder)
+    _save_llm_tokenizer(folder)
+    return model
+
+
+def build_tiny_t5gemma(folder: str | Path, seed: int = 0):
+    """A tiny T5Gemma (v1) encoder-decoder: Gemma 2 blocks, softcapping 50, alternating layers, window 4."""
+    from transformers import T5GemmaConfig, T5GemmaForConditionalGeneration, T5GemmaModuleConfig
+
+    module = T5GemmaModuleConfig(**{k: v for k, v in _tiny_text_config().items() if k != "layer_types"},
+                                 layer_types=["sliding_attention", "full_attention", "sliding_attention"])  # fmt: skip
+    model = T5GemmaForConditionalGeneration(T5GemmaConfig(encoder=module.to_dict(), decoder=module.to_dict()))
+    randomize_(model, seed=seed)
+    model.save_pretrained(folder)
+    _save_llm_tokenizer(Path(folder))
+    return model
+
+
+T5GEMMA2_EOI = 300
+
+
+def build_tiny_t5gemma2(folder: str | Path, seed: int = 0, linear_rope_factor: float = 8.0):
+    """A tiny T5Gemma 2 encoder-decoder (Gemma 3 blocks, a tiny vision tower, eoi token 300, linear RoPE scaling on
+    full-attention layers as the 270M model has)."""
+    from transformers import T5Gemma2Config, T5Gemma2ForConditionalGeneration
+
+    rope = {"full_attention": {"rope_type": "linear", "factor": linear_rope_factor, "rope_theta": 1_000_000.0},
+            "sliding_attention": {"rope_type": "default", "rope_theta": 10_000.0}}  # fmt: skip
+    text = _tiny_text_config(rope_parameters=rope)
+    vision = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2, image_size=28,
+                  patch_size=14)  # fmt: skip
+    encoder = {"text_config": text, "vision_config": vision, "mm_tokens_per_image": 4, "eoi_token_index": T5GEMMA2_EOI,
+               "boi_token_index": 301, "image_token_index": 302}  # fmt: skip
+    model = T5Gemma2ForConditionalGeneration(
+        T5Gemma2Config(encoder=encoder, decoder=text, eoi_token_index=T5GEMMA2_EOI, image_token_index=302)
+    )
+    randomize_(model, seed=seed)
+    model.save_pretrained(folder)
+    _save_llm_tokenizer(Path(folder))
     return model
