@@ -631,12 +631,14 @@ class EmbeddingGemmaModel(EmbeddingGemmaPreTrainedModel):
             max_length = tokenizer.model_max_length
         input_ids = tokenizer(texts, truncation=False, verbose=False)["input_ids"]
         too_long = [i for i, ids in enumerate(input_ids) if len(ids) > max_length]
-        if too_long:
-            logger.warning_once(
+        if too_long and not getattr(self, "_warned_truncation", False):
+            self._warned_truncation = True  # once per model: corpus jobs call encode many times
+            logger.warning(
                 f"{len(too_long)} text(s) are longer than the model's {max_length} tokens and were truncated "
-                f"(first: index {too_long[0]}, {len(input_ids[too_long[0]])} tokens). Split long documents into "
-                "chunks to embed all of them."
+                f"(first: index {too_long[0]}, {len(input_ids[too_long[0]])} tokens); later truncations are not "
+                "reported. Split long documents into chunks to embed all of them."
             )
+        if too_long:
             truncated = tokenizer([texts[i] for i in too_long], truncation=True, max_length=max_length)["input_ids"]
             for i, ids in zip(too_long, truncated):
                 input_ids[i] = ids

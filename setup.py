@@ -16,6 +16,7 @@ setup(
         "modeling_embeddinggemma",
         "pipeline_embeddinggemma",
         "convert_checkpoint",
+        "embed_corpus",
         "testing_embeddinggemma",
     ],
     install_requires=[
@@ -26,11 +27,19 @@ setup(
         "sentencepiece>=0.2",
         "numpy",
         "tqdm",
+        "pyarrow>=17",
     ],
     extras_require={
         "st": ["sentence-transformers>=5.4"],
         "gguf": ["gguf>=0.17"],
-        "test": ["pytest>=8", "sentence-transformers>=5.4", "gguf>=0.17", "protobuf", "accelerate"],
+        "ray": ["ray[data]>=2.40", "pyarrow>=17"],
+        "test": ["pytest>=8", "sentence-transformers>=5.4", "gguf>=0.17", "protobuf", "accelerate", "ray[data]>=2.40",
+                 "pyarrow>=17"],
     },
-    entry_points={"console_scripts": ["embeddinggemma-convert=convert_checkpoint:main"]},
+    entry_points={
+        "console_scripts": [
+            "embeddinggemma-convert=convert_checkpoint:main",
+            "embeddinggemma-embed-corpus=embed_corpus:main",
+        ]
+    },
 )

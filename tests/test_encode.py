@@ -84,10 +84,13 @@ def test_progress_bar_only_when_asked_or_long(model, capsys):
 def test_long_texts_are_truncated_with_one_warning(model, caplog, monkeypatch):
     long_text = " ".join(["the red planet"] * 200)  # far beyond the tiny model's 128 tokens
     caplog.set_level(logging.WARNING)
-    monkeypatch.setattr(modeling_embeddinggemma.logger, "warning_once", modeling_embeddinggemma.logger.warning)
+    monkeypatch.setattr(model, "_warned_truncation", False, raising=False)
     out = model.encode([long_text, "a dog"])
     assert out.shape == (2, 48) and np.isfinite(out).all()
-    assert "longer than the model's 128 tokens and were truncated" in caplog.text
+    assert "1 text(s) are longer than the model's 128 tokens and were truncated" in caplog.text
+    caplog.clear()
+    model.encode([long_text])
+    assert "truncated" not in caplog.text  # once per model
     tokens = model._tokenize([long_text])[0]
     assert len(tokens) == 128 and tokens[0] == 2 and tokens[-1] == 1  # <bos> ... <eos> kept
 
