@@ -226,6 +226,12 @@ class EmbeddingGemmaConfig(PretrainedConfig):
         return self.dense_out_features[-1] if self.dense_out_features else self.hidden_size
 
     @property
+    def projection_dim(self) -> int:
+        """`embedding_dim` under the name sentence-transformers reads for models that output sentence embeddings
+        (its `get_sentence_embedding_dimension()` would otherwise report the hidden size)."""
+        return self.embedding_dim
+
+    @property
     def attention_window(self) -> tuple[int, int]:
         """Inclusive (left, right) distances a query may look on sliding layers: key j is visible from query i
         iff `-left <= j - i <= right`. Derived from the declared `sliding_window`, which is never rewritten

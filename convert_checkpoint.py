@@ -416,8 +416,15 @@ def read_gemma3_gguf(path: Path, name: str, gguf_file: str | None) -> Source:
             f"{file_path} holds a {architecture!r} model; --from gemma3 takes a Gemma 3 decoder GGUF "
             f"(general.architecture 'gemma3').{hint}"
         )
+    import transformers
     from transformers import AutoModelForCausalLM
 
+    if int(transformers.__version__.split(".")[0]) < 5:
+        raise ConversionError(
+            f"Converting a GGUF needs transformers >= 5 (tested: 5.24): transformers {transformers.__version__} "
+            "rebuilds the Gemma 3 tokenizer from GGUF with other token ids than Gemma's own, which would silently "
+            "degrade the embeddings. Upgrade transformers, or convert the safetensors checkpoint instead."
+        )
     decoder = AutoModelForCausalLM.from_pretrained(folder, gguf_file=file_name, dtype=torch.float32)
     text_config = decoder.config.to_dict()
     fields = {**encoder_fields(text_config, {}), **rope_fields(text_config)}

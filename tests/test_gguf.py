@@ -19,6 +19,11 @@ pytestmark = pytest.mark.skipif(
     "fetch_reference_checkpoints.py fetches gemma-3-270m-q4_k_m.gguf) to run the real GGUF tests.",
 )
 
+OLD_TRANSFORMERS = int(__import__("transformers").__version__.split(".")[0]) < 5
+needs_transformers_5 = pytest.mark.skipif(
+    OLD_TRANSFORMERS, reason="transformers < 5 rebuilds the GGUF tokenizer with other ids; the converter refuses it"
+)
+
 TEXTS = ["task: search result | query: Which planet is known as the Red Planet?", "title: none | text: Mars ü 日本語"]
 
 
@@ -29,6 +34,7 @@ def converted(tmp_path_factory):
     return convert(GGUF, tmp_path_factory.mktemp("gguf") / "gemma3-270m-encoder", "gemma3")
 
 
+@needs_transformers_5
 def test_converts_and_verifies_against_transformers(converted):
     from transformers import AutoModel
 
@@ -45,6 +51,7 @@ def test_converts_and_verifies_against_transformers(converted):
     assert vectors.shape == (2, 640) and abs(float((vectors**2).sum(-1).min()) - 1) < 1e-5
 
 
+@needs_transformers_5
 def test_tokenizer_tokenises_like_embeddinggemma(converted):
     from transformers import AutoTokenizer
 
@@ -55,3 +62,12 @@ def test_tokenizer_tokenises_like_embeddinggemma(converted):
     if REFERENCE:
         reference = AutoTokenizer.from_pretrained(REFERENCE)
         assert ids == reference(TEXTS)["input_ids"]
+
+
+@pytest.mark.skipif(not OLD_TRANSFORMERS, reason="only transformers < 5 is refused")
+def test_old_transformers_are_refused_with_the_reason(tmp_path):
+    from convert_checkpoint import ConversionError, convert
+
+    with pytest.raises(ConversionError, match="Converting a GGUF needs transformers >= 5"):
+        convert(GGUF, tmp_path / "out", "gemma3")
+    assert list(tmp_path.iterdir()) == []

@@ -1,0 +1,190 @@
+"""The training recipe: the composed loss equals its sentence-transformers parts, training lowers it, two gloo
+processes gather negatives like one process, souping averages, the teacher cache is reused and invalidated, and
+evaluation prints one Spearman per Matryoshka dim."""
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from safetensors.torch import load_file
+
+import train_embeddinggemma as te
+from conftest import REPO
+
+
+def fixed_embeddings(batch=8, columns=3, dim=48, seed=0):
+    generator = torch.Generator().manual_seed(seed)
+    embeddings = [F.normalize(torch.randn(batch, dim, generator=generator), dim=-1) for _ in range(columns)]
+    teacher = F.normalize(torch.randn(batch, columns, dim, generator=generator), dim=-1)
+    return embeddings, teacher
+
+
+def test_recipe_loss_is_the_weighted_sum_of_the_sentence_transformers_losses():
+    from sentence_transformers.sentence_transformer.losses import (
+        GlobalOrthogonalRegularizationLoss,
+        MultipleNegativesRankingLoss,
+    )
+
+    embeddings, teacher = fixed_embeddings()
+    loss = te.EmbeddingGemmaRecipeLoss(torch.nn.Module(), nce_weight=0.7, gor_weight=2.0, distill_weight=0.3)
+    nce = MultipleNegativesRankingLoss(torch.nn.Module(), hardness_mode="hard_negatives", hardness_strength=5.0)
+    gor = GlobalOrthogonalRegularizationLoss(torch.nn.Module(), mean_weight=0, aggregation="sum")
+    # GOR (second moment, summed over columns), L2 distillation averaged over texts and columns
+    distill = torch.stack([(embeddings[i] - teacher[:, i]).norm(dim=-1).mean() for i in range(3)]).mean()
+    expected = (0.7 * nce.compute_loss_from_embeddings(embeddings, None)
+                + 2.0 * sum(gor.compute_loss_from_embeddings(embeddings).values()) + 0.3 * distill)  # fmt: skip
+    assert torch.allclose(loss.compute_loss_from_embeddings(embeddings, teacher), expected, atol=1e-6)
+    parts = loss.components(embeddings, teacher)
+    assert set(parts) == {"nce", "gor", "distill"} and all(p > 0 for p in parts.values())
+    # hard negatives change the NCE term: the paper's hardness weighting is on
+    plain = MultipleNegativesRankingLoss(torch.nn.Module()).compute_loss_from_embeddings(embeddings, None)
+    assert not torch.allclose(parts["nce"], plain)
+    with pytest.raises(ValueError, match="Distillation needs teacher embeddings"):
+        loss.compute_loss_from_embeddings(embeddings, None)
+
+
+def test_gathered_negatives_in_two_gloo_processes_match_one_process(tmp_path):
+    script = tmp_path / "ddp_loss.py"
+    script.write_text(textwrap.dedent(f"""
+        import sys, torch, torch.distributed as dist
+        sys.path.insert(0, {str(REPO)!r}); sys.path.insert(0, {str(REPO / "tests")!r})
+        import train_embeddinggemma as te
+        from test_training import fixed_embeddings
+        dist.init_process_group("gloo")
+        rank, world = dist.get_rank(), dist.get_world_size()
+        embeddings, teacher = fixed_embeddings(batch=8)
+        half = slice(rank * 4, rank * 4 + 4)
+        loss = te.EmbeddingGemmaRecipeLoss(torch.nn.Module(), gor_weight=0, distill_weight=0)
+        local = loss.compute_loss_from_embeddings([e[half] for e in embeddings], None).detach()
+        dist.all_reduce(local)
+        if rank == 0:
+            print("gathered", (local / world).item())
+        dist.destroy_process_group()
+    """))
+    result = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", str(script)],
+                            capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    gathered = float(result.stdout.split("gathered")[1].split()[0])
+    embeddings, _ = fixed_embeddings(batch=8)
+    single = te.EmbeddingGemmaRecipeLoss(torch.nn.Module(), gor_weight=0, distill_weight=0)
+    assert abs(gathered - single.compute_loss_from_embeddings(embeddings, None).item()) <= 1e-5
+    # without gathering, the two halves see fewer negatives and the loss differs: the check can fail
+    halves = [single.compute_loss_from_embeddings([e[s] for e in embeddings], None) for s in (slice(0, 4), slice(4, 8))]
+    assert abs(gathered - float(sum(halves) / 2)) > 1e-3
+
+
+@pytest.fixture(scope="module")
+def student(tiny_st_dir, tmp_path_factory):
+    """A tiny converted decoder with a 48-d identity head: the tiny teacher's dims."""
+    from convert_checkpoint import convert
+    from testing_embeddinggemma import build_tiny_gemma3
+
+    root = tmp_path_factory.mktemp("student")
+    build_tiny_gemma3(root / "decoder")
+    return convert(str(root / "decoder"), root / "student", "gemma3", embedding_dim=48, matryoshka_dims=[48, 32, 16])
+
+
+SUBJECTS = ["a man", "the dog", "a woman", "the cat"]
+ACTIONS = ["playing guitar", "running fast", "eating water", "on the red planet"]
+TOY_ROWS = [  # 16 distinct rows: batches of 8 without duplicates
+    {"anchor": f"{s} is {a}", "positive": f"{s} was {a}", "negative": f"{s} is not {a}"} for s in SUBJECTS for a in ACTIONS
+]
+
+
+def recipe_value(model_dir, teacher_dir, rows, cache):
+    """The recipe's Matryoshka loss of `model_dir` on `rows` (one batch), without gradients."""
+    from sentence_transformers import SentenceTransformer
+
+    model = SentenceTransformer(str(model_dir), device="cpu", trust_remote_code=True)
+    config = model[0].auto_model.config
+    prompts = {"anchor": config.prompts["query"], "positive": config.prompts["document"], "negative": config.prompts["document"]}
+    labels = torch.tensor(te.teacher_embeddings(str(teacher_dir), rows, prompts, cache))
+    features = [model.tokenize([prompts[c] + r[c] for r in rows]) for c in ("anchor", "positive", "negative")]
+    loss = te.recipe_loss(model, config.matryoshka_dims, gather_across_devices=False).eval()
+    with torch.no_grad():
+        return float(loss(features, labels))
+
+
+def test_training_changes_weights_lowers_the_loss_and_exports_our_format(student, tiny_converted_dir, tmp_path):
+    before = recipe_value(student, tiny_converted_dir, TOY_ROWS, tmp_path / "cache")
+    final = te.train(str(student), str(tmp_path / "run"), TOY_ROWS, teacher=str(tiny_converted_dir), max_steps=8,
+                     batch_size=8, learning_rate=2e-3, warmup=0, save_steps=4, cache_dir=str(tmp_path / "cache"))  # fmt: skip
+    old, new = load_file(student / "model.safetensors"), load_file(final / "model.safetensors")
+    assert any(not torch.equal(old[k], new[k]) for k in old)
+    after = recipe_value(final, tiny_converted_dir, TOY_ROWS, tmp_path / "cache")
+    assert after < before
+    assert json.loads((final / "config.json").read_text())["model_type"] == "embeddinggemma"
+    assert {p.name for p in (tmp_path / "run").glob("checkpoint-*")} == {"checkpoint-4", "checkpoint-8"}
+    # resumable: asking for more steps continues from checkpoint-8 (with learning rate 0, a run restarted from
+    # scratch would give back the student's weights; a resumed one starts from the trained ones)
+    resumed = te.train(str(student), str(tmp_path / "run"), TOY_ROWS, teacher=str(tiny_converted_dir), max_steps=10,
+                       batch_size=8, learning_rate=0.0, save_steps=4, resume=True, cache_dir=str(tmp_path / "cache"))  # fmt: skip
+    state = json.loads((tmp_path / "run" / "checkpoint-10" / "trainer_state.json").read_text())
+    assert state["global_step"] == 10
+    resumed_weights = load_file(resumed / "model.safetensors")
+    assert any(not torch.equal(old[k], resumed_weights[k]) for k in old)
+
+
+def test_teacher_cache_is_reused_and_invalidated(tiny_converted_dir, tmp_path, monkeypatch):
+    from sentence_transformers import SentenceTransformer
+
+    calls = []
+    original = SentenceTransformer.encode
+    monkeypatch.setattr(SentenceTransformer, "encode", lambda self, *a, **k: calls.append(1) or original(self, *a, **k))
+    prompts = {"anchor": "task: search result | query: ", "positive": "", "negative": ""}
+    first = te.teacher_embeddings(str(tiny_converted_dir), TOY_ROWS, prompts, tmp_path)
+    assert first.shape == (16, 3, 48) and len(calls) == 3
+    again = te.teacher_embeddings(str(tiny_converted_dir), TOY_ROWS, prompts, tmp_path)
+    assert np.array_equal(first, again) and len(calls) == 3  # reused
+    te.teacher_embeddings(str(tiny_converted_dir), TOY_ROWS[:-1], prompts, tmp_path)  # data changed
+    assert len(calls) == 6
+    changed_teacher = tmp_path / "teacher"
+    import shutil
+
+    shutil.copytree(tiny_converted_dir, changed_teacher)
+    config = json.loads((changed_teacher / "config.json").read_text())
+    config["default_prompt_name"] = "query"
+    (changed_teacher / "config.json").write_text(json.dumps(config))
+    te.teacher_embeddings(str(changed_teacher), TOY_ROWS, prompts, tmp_path)  # teacher changed
+    assert len(calls) == 9
+
+
+def test_soup_is_the_average(student, tmp_path):
+    import shutil
+
+    other = tmp_path / "other"
+    shutil.copytree(student, other)
+    weights = load_file(student / "model.safetensors")
+    from safetensors.torch import save_file
+
+    save_file({k: v + 1.0 for k, v in weights.items()}, other / "model.safetensors")
+    souped = te.soup(str(tmp_path / "soup"), [str(student), str(other)])
+    averaged = load_file(souped / "model.safetensors")
+    assert all(torch.allclose(averaged[k], weights[k] + 0.5, atol=1e-6) for k in weights)
+    weighted = load_file(te.soup(str(tmp_path / "w"), [str(student), str(other)], [0.75, 0.25]) / "model.safetensors")
+    assert all(torch.allclose(weighted[k], weights[k] + 0.25, atol=1e-6) for k in weights)
+    assert (souped / "modeling_embeddinggemma.py").is_file()
+    with pytest.raises(ValueError, match="summing to 1"):
+        te.soup(str(tmp_path / "bad"), [str(student), str(other)], [0.5, 0.6])
+
+
+def test_evaluate_prints_one_spearman_per_dim(tiny_converted_dir, tmp_path):
+    rows = [("g", "f", "2012", f"{i:04d}", f"{(i % 6):.3f}", f"a man is playing {'guitar ' * (i % 6)}",
+             "a man is playing guitar") for i in range(30)]  # fmt: skip
+    sts = tmp_path / "sts-test.csv"
+    sts.write_text("\n".join("\t".join(r) for r in rows) + "\n")
+    result = subprocess.run([sys.executable, str(REPO / "train_embeddinggemma.py"), "evaluate", str(tiny_converted_dir),
+                             "--sts-file", str(sts), "--prompt-name", "STS"], capture_output=True, text=True,
+                            timeout=300)  # fmt: skip
+    assert result.returncode == 0, result.stderr[-2000:]
+    lines = result.stdout.strip().splitlines()
+    assert [line.split()[1] for line in lines] == ["48", "32", "16"]  # the model's Matryoshka dims
+    assert all(len(line.split()) == 4 and line.split()[2] == "spearman" for line in lines)
+    assert te.spearman(np.array([1, 2, 3, 4]), np.array([10, 20, 30, 40])) == pytest.approx(1.0)
+    assert te.spearman(np.array([1, 2, 2, 4]), np.array([4, 3, 2, 1])) == pytest.approx(-0.9486833, abs=1e-6)
