@@ -118,6 +118,17 @@ def require_folder(path: Path, kind: str) -> Path:
     return path
 
 
+def source_config(path: Path, kind: str, model_types: tuple[str, ...], hint: str) -> tuple[Path, dict]:
+    """(folder, config.json) of a source whose model_type must be one of `model_types`; `hint` points elsewhere."""
+    folder = require_folder(path, kind)
+    config = read_json(folder / "config.json")
+    if config.get("model_type") not in model_types:
+        raise ConversionError(
+            f"{folder}/config.json has model_type={config.get('model_type')!r}; --from {kind} takes {hint}"
+        )
+    return folder, config
+
+
 def load_safetensors(folder: Path, what: str) -> dict[str, torch.Tensor]:
     """All tensors of `model.safetensors` or of a sharded `model.safetensors.index.json` in `folder`."""
     single, index = folder / "model.safetensors", folder / "model.safetensors.index.json"
@@ -278,7 +289,7 @@ def read_sentence_transformers(path: Path, name: str, **_) -> Source:
         module_dir = folder / module.get("path", "")
         if kind == "Pooling":
             pooling = read_json(module_dir / "config.json")
-            mode = pooling.get("pooling_mode")  # sentence-transformers >= 5.4 writes a compact string
+            mode = pooling.get("pooling_mode")  # sentence-transformers >= 5.5 writes a compact string
             if mode is None:
                 mode = [k[len("pooling_mode_") :] for k, v in pooling.items() if k.startswith("pooling_mode_") and v]
                 mode = mode[0] if len(mode) == 1 else mode
@@ -339,13 +350,8 @@ def read_sentence_transformers(path: Path, name: str, **_) -> Source:
 
 def read_embeddinggemma(path: Path, name: str, **_) -> Source:
     """A folder written by this converter (or by EmbeddingGemmaModel.save_pretrained)."""
-    folder = require_folder(path, "embeddinggemma")
-    config = read_json(folder / "config.json")
-    if config.get("model_type") != "embeddinggemma":
-        raise ConversionError(
-            f"{folder}/config.json has model_type={config.get('model_type')!r}; --from embeddinggemma takes a folder "
-            "written by this converter (model_type 'embeddinggemma')."
-        )
+    folder, config = source_config(path, "embeddinggemma", ("embeddinggemma",), "a folder written by this "
+                                   "converter (model_type 'embeddinggemma').")  # fmt: skip
     parameters = inspect.signature(EmbeddingGemmaConfig.__init__).parameters
     fields = {key: value for key, value in config.items() if key in parameters and key != "self"}
     state_dict = load_safetensors(folder, "model")
@@ -365,18 +371,9 @@ def read_gemma3(path: Path, name: str, gguf_file: str | None = None, **_) -> Sou
     or, with a .gguf file, through transformers' GGUF loader (dequantised). Attention becomes bidirectional."""
     if gguf_file or path.suffix == ".gguf":
         return read_gemma3_gguf(path, name, gguf_file)
-    folder = require_folder(path, "gemma3")
-    config = read_json(folder / "config.json")
-    model_type = config.get("model_type")
-    if model_type == "gemma3":
-        text_config = config.get("text_config") or {}
-    elif model_type == "gemma3_text":
-        text_config = config
-    else:
-        raise ConversionError(
-            f"{folder}/config.json has model_type={model_type!r}; --from gemma3 takes a Gemma 3 decoder "
-            "(model_type 'gemma3' or 'gemma3_text'). For T5Gemma use --from t5gemma or --from t5gemma2."
-        )
+    folder, config = source_config(path, "gemma3", ("gemma3", "gemma3_text"), "a Gemma 3 decoder (model_type "
+                                   "'gemma3' or 'gemma3_text'). For T5Gemma use --from t5gemma or --from t5gemma2.")  # fmt: skip
+    text_config = config.get("text_config") or {} if config["model_type"] == "gemma3" else config
     fields = {**encoder_fields(text_config, config_defaults("Gemma3TextConfig")), **rope_fields(text_config)}
     weights = load_safetensors(folder, "model")
     drop = ("lm_head.", "language_model.lm_head.", "model.lm_head.", "vision_tower.", "model.vision_tower.",
@@ -455,13 +452,8 @@ def gemma3_reference(fields: dict, state_dict: dict) -> Callable[[], Callable]:
 def read_t5gemma(path: Path, name: str, **_) -> Source:
     """The encoder of a T5Gemma (v1) checkpoint: Gemma 2 blocks (no QK-norm, softcapped attention logits, one RoPE
     base, alternating sliding/full layers with |i - j| <= sliding_window). Decoder and LM head dropped."""
-    folder = require_folder(path, "t5gemma")
-    config = read_json(folder / "config.json")
-    if config.get("model_type") != "t5gemma":
-        raise ConversionError(
-            f"{folder}/config.json has model_type={config.get('model_type')!r}; --from t5gemma takes a T5Gemma (v1) "
-            "checkpoint (model_type 't5gemma'). For T5Gemma 2 use --from t5gemma2."
-        )
+    folder, config = source_config(path, "t5gemma", ("t5gemma",), "a T5Gemma (v1) checkpoint (model_type "
+                                   "'t5gemma'). For T5Gemma 2 use --from t5gemma2.")  # fmt: skip
     encoder_config = config.get("encoder") or {}
     defaults = config_defaults("T5GemmaModuleConfig")
     merged = {**defaults, **encoder_config}
@@ -513,13 +505,8 @@ def read_t5gemma2(path: Path, name: str, **_) -> Source:
     """The text encoder of a T5Gemma 2 checkpoint (Gemma 3 blocks). The learned `eoi_embedding` is folded into the
     embedding table; vision tower, projector, decoder and LM head are dropped; its window is kept exactly
     (one token narrower on the left than EmbeddingGemma's)."""
-    folder = require_folder(path, "t5gemma2")
-    config = read_json(folder / "config.json")
-    if config.get("model_type") != "t5gemma2":
-        raise ConversionError(
-            f"{folder}/config.json has model_type={config.get('model_type')!r}; --from t5gemma2 takes a T5Gemma 2 "
-            "checkpoint (model_type 't5gemma2'). For T5Gemma v1 use --from t5gemma."
-        )
+    folder, config = source_config(path, "t5gemma2", ("t5gemma2",), "a T5Gemma 2 checkpoint (model_type "
+                                   "'t5gemma2'). For T5Gemma v1 use --from t5gemma.")  # fmt: skip
     encoder_config = config.get("encoder") or {}
     text_config = encoder_config.get("text_config") or {}
     eoi_index = encoder_config.get("eoi_token_index", config.get("eoi_token_index", 256_000))
@@ -714,8 +701,11 @@ def verify(folder: Path, source: Source, tokenizer, dtype: torch.dtype) -> dict:
     }
     if source.identity_head:
         # With the identity head the embedding is the normalised mean of the hidden states (its first dims).
-        pooled = F.normalize(mean_pool(ours.last_hidden_state.float(), real), dim=-1)[:, : model.config.embedding_dim]
-        figures["identity_head_max_abs_diff"] = float((F.normalize(pooled, dim=-1) - ours.sentence_embedding.float()).abs().max())
+        # (its first D dims when D < hidden; zero-padded to D when D > hidden)
+        dim = model.config.embedding_dim
+        pooled = mean_pool(ours.last_hidden_state.float(), real)[:, :dim]
+        pooled = F.normalize(F.pad(pooled, (0, dim - pooled.shape[-1])), dim=-1)
+        figures["identity_head_max_abs_diff"] = float((pooled - ours.sentence_embedding.float()).abs().max())
     threshold = MIN_COSINE[model.dtype]
     if not figures["min_cosine"] >= threshold:
         raise ConversionError(
@@ -833,7 +823,7 @@ documents = model.encode_document(["Mars is often referred to as the Red Planet.
 print(documents @ query)  # cosine similarities; truncate_dim={config.matryoshka_dims[-1]} for a small index
 ```
 
-Also `SentenceTransformer("{name}", trust_remote_code=True)` (sentence-transformers >= 5.4) and
+Also `SentenceTransformer("{name}", trust_remote_code=True)` (sentence-transformers >= 5.5) and
 `pipeline("sentence-embeddings", model="{name}", trust_remote_code=True)`."""
     if figures and figures.get("verified"):
         parity = (

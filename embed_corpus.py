@@ -79,17 +79,21 @@ def file_sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def model_fingerprint(model_dir: Path) -> str:
-    """config.json in full, and each weight file's size with its first and last MiB (cheap for GBs of weights, and it
-    changes with any re-conversion or fine-tune)."""
-    digest = hashlib.sha256((model_dir / "config.json").read_bytes())
-    for weights in sorted(model_dir.glob("*.safetensors")):
-        size = weights.stat().st_size
-        digest.update(f"{weights.name}:{size}".encode())
-        with open(weights, "rb") as handle:
-            digest.update(handle.read(1 << 20))
-            handle.seek(max(size - (1 << 20), 0))
-            digest.update(handle.read(1 << 20))
+def fingerprint_folder(folder: str | os.PathLike) -> str:
+    """Every .json file in full and each .safetensors file's size with its first and last MiB: cheap for GBs of
+    weights, and it changes with any re-conversion or fine-tune (also used for teacher caches in training)."""
+    folder = Path(folder)
+    digest = hashlib.sha256()
+    for path in sorted(folder.rglob("*")):
+        if path.suffix == ".json":
+            digest.update(path.read_bytes())
+        elif path.suffix == ".safetensors":
+            size = path.stat().st_size
+            digest.update(f"{path.relative_to(folder)}:{size}".encode())
+            with open(path, "rb") as handle:
+                digest.update(handle.read(1 << 20))
+                handle.seek(max(size - (1 << 20), 0))
+                digest.update(handle.read(1 << 20))
     return digest.hexdigest()
 
 
@@ -370,7 +374,7 @@ def embed_corpus(model: str, input_path: str | os.PathLike, output: str | os.Pat
     prompt = config.prompt_for(settings.prompt_name) if settings.prompt_name else ""
     expected = {  # compared on resume; paths are informational (a moved file with the same content may resume)
         "input": {"sha256": file_sha256(input_path)},
-        "model": {"fingerprint": model_fingerprint(model_dir)},
+        "model": {"fingerprint": fingerprint_folder(model_dir)},
         "settings": {**asdict(settings), "prompt": prompt},
     }
     output.mkdir(parents=True, exist_ok=True)

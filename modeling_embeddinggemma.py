@@ -503,7 +503,7 @@ class EmbeddingGemmaModel(EmbeddingGemmaPreTrainedModel):
 
     def save_pretrained(self, save_directory, *args, **kwargs):
         """`PreTrainedModel.save_pretrained`, plus the files that let `SentenceTransformer(folder,
-        trust_remote_code=True)` use this model's own head (sentence-transformers >= 5.4)."""
+        trust_remote_code=True)` use this model's own head (sentence-transformers >= 5.5)."""
         super().save_pretrained(save_directory, *args, **kwargs)
         write_sentence_transformers_files(save_directory, self.config)
 

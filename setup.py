@@ -17,6 +17,7 @@ setup(
         "pipeline_embeddinggemma",
         "convert_checkpoint",
         "embed_corpus",
+        "train_embeddinggemma",
         "testing_embeddinggemma",
     ],
     install_requires=[
@@ -30,16 +31,18 @@ setup(
         "pyarrow>=17",
     ],
     extras_require={
-        "st": ["sentence-transformers>=5.4"],
+        "st": ["sentence-transformers>=5.5"],
         "gguf": ["gguf>=0.17"],
         "ray": ["ray[data]>=2.40", "pyarrow>=17"],
-        "test": ["pytest>=8", "sentence-transformers>=5.4", "gguf>=0.17", "protobuf", "accelerate", "ray[data]>=2.40",
-                 "pyarrow>=17"],
+        "train": ["sentence-transformers>=5.5", "datasets>=2.19", "accelerate>=1.1"],
+        "test": ["pytest>=8", "sentence-transformers>=5.5", "gguf>=0.17", "protobuf", "accelerate>=1.1",
+                 "ray[data]>=2.40", "pyarrow>=17", "datasets>=2.19"],
     },
     entry_points={
         "console_scripts": [
             "embeddinggemma-convert=convert_checkpoint:main",
             "embeddinggemma-embed-corpus=embed_corpus:main",
+            "embeddinggemma-train=train_embeddinggemma:main",
         ]
     },
 )

@@ -11,7 +11,7 @@ PYTHON=${PYTHON:-python3}
 TORCH="torch==2.13.0"
 if [ "${1:-}" = "--oldest" ]; then
   venv=.venv-oldest
-  pins=("transformers==4.57.1" "sentence-transformers==5.4.0")
+  pins=("transformers==4.57.1" "sentence-transformers==5.5.0")
 else
   venv=.venv
   pins=()

@@ -114,27 +114,12 @@ def split_by_columns(rows: list[dict]) -> dict[str, list[dict]]:
 # ----------------------------------------------------------------------------------------------------------------
 
 
-def fingerprint_folder(folder: str | os.PathLike) -> str:
-    """config files in full and each weight file's size with its first and last MiB."""
-    folder = Path(folder)
-    digest = hashlib.sha256()
-    for path in sorted(folder.rglob("*")):
-        if path.suffix == ".json":
-            digest.update(path.read_bytes())
-        elif path.suffix == ".safetensors":
-            size = path.stat().st_size
-            digest.update(f"{path.relative_to(folder)}:{size}".encode())
-            with open(path, "rb") as handle:
-                digest.update(handle.read(1 << 20))
-                handle.seek(max(size - (1 << 20), 0))
-                digest.update(handle.read(1 << 20))
-    return digest.hexdigest()
-
-
 def teacher_embeddings(teacher: str, rows: list[dict], prompts: dict[str, str], cache_dir: str | os.PathLike,
                        batch_size: int = 32) -> np.ndarray:  # fmt: skip
     """(len(rows), columns, dim) teacher embeddings of every column (with its prompt), computed once: the cache key
     covers the teacher's files, the texts and the prompts, so a change to any of them recomputes."""
+    from embed_corpus import fingerprint_folder
+
     columns = [c for c in ("anchor", "positive", "negative") if c in rows[0]]
     digest = hashlib.sha256(fingerprint_folder(teacher).encode())
     digest.update(json.dumps([[row[c] for c in columns] for row in rows]).encode())

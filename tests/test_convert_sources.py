@@ -138,6 +138,13 @@ def test_embedding_dim_and_random_head(gemma3_source, tmp_path):
     expected = F.normalize(mean_pool(out.last_hidden_state, batch["attention_mask"].bool())[:, :32], dim=-1)
     assert (out.sentence_embedding - expected).abs().max() <= 1e-6
 
+    output = convert(str(gemma3_source), tmp_path / "d80", "gemma3", embedding_dim=80)  # wider than hidden 64
+    model = AutoModel.from_pretrained(output, trust_remote_code=True)
+    out = model(**batch)
+    pooled = mean_pool(out.last_hidden_state, batch["attention_mask"].bool())
+    expected = F.normalize(F.pad(pooled, (0, 16)), dim=-1)  # the mean, zero-padded to 80 dims
+    assert out.sentence_embedding.shape == (4, 80) and (out.sentence_embedding - expected).abs().max() <= 1e-6
+
     output = convert(str(gemma3_source), tmp_path / "random", "gemma3", head_init="random")
     model = AutoModel.from_pretrained(output, trust_remote_code=True)
     product = model.dense[1].weight @ model.dense[0].weight
