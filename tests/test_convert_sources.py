@@ -284,3 +284,24 @@ def test_push_to_hub_uploads_the_verified_folder(tiny_st_dir, tmp_path, monkeypa
     assert code == 2
     assert "Uploading to 'me/x' failed (OSError: no network). The converted folder is complete" in capsys.readouterr().err
     assert (tmp_path / "out2" / "model.safetensors").is_file()  # nothing lost
+
+
+@SKIPS["t5gemma2"]
+def test_t5gemma2_keys_with_the_text_model_segment(tmp_path):
+    """Checkpoints saved with `model.encoder.text_model.*` keys (transformers' in-memory names) convert the same."""
+    build_tiny_t5gemma2(tmp_path / "plain")
+    weights = load_file(tmp_path / "plain" / "model.safetensors")
+    renamed = {}
+    for key, value in weights.items():
+        if key.startswith("model.encoder.") and not key.startswith(("model.encoder.vision_tower.", "model.encoder.multi_modal_projector.")):
+            key = "model.encoder.text_model." + key[len("model.encoder.") :]
+        renamed[key] = value
+    assert any(k.startswith("model.encoder.text_model.layers.") for k in renamed)
+    import shutil
+
+    shutil.copytree(tmp_path / "plain", tmp_path / "segment")
+    save_file(renamed, tmp_path / "segment" / "model.safetensors")
+    a = convert(str(tmp_path / "plain"), tmp_path / "a", "t5gemma2")
+    b = convert(str(tmp_path / "segment"), tmp_path / "b", "t5gemma2")
+    wa, wb = load_file(a / "model.safetensors"), load_file(b / "model.safetensors")
+    assert wa.keys() == wb.keys() and all(torch.equal(wa[k], wb[k]) for k in wa)
