@@ -776,7 +776,8 @@ def write_sentence_transformers(folder: Path, model: EmbeddingGemmaModel, tokeni
         dense = {"in_features": layer.in_features, "out_features": layer.out_features, "bias": config.dense_bias,
                  "activation_function": activation}  # fmt: skip
         (folder / name / "config.json").write_text(json.dumps(dense, indent=4) + "\n")
-        tensors = {f"linear.{k}": v.contiguous() for k, v in state.items() if k.startswith(f"dense.{index}.") for k in [k.split(".", 2)[2]]}
+        prefix = f"dense.{index}."
+        tensors = {"linear." + k[len(prefix) :]: v.contiguous() for k, v in state.items() if k.startswith(prefix)}
         save_file(tensors, folder / name / "model.safetensors", metadata={"format": "pt"})
         modules.append({"idx": index + 2, "name": str(index + 2), "path": name, "type": "sentence_transformers.models.Dense"})
     if config.normalize_embeddings:
