@@ -669,6 +669,23 @@ def verification_batch(tokenizer, config: EmbeddingGemmaConfig) -> tuple[torch.T
     return batch["input_ids"], batch["attention_mask"]
 
 
+def agreement(actual: torch.Tensor, expected: torch.Tensor, attention_mask: torch.Tensor, compared: str,
+              dtype: torch.dtype) -> dict:  # fmt: skip
+    """The verification figures of `actual` against `expected` (rows: tokens or texts) on a padded batch."""
+    actual, expected = actual.float(), expected.float()
+    cosine = F.cosine_similarity(actual, expected, dim=-1)
+    return {
+        "verified": True,
+        "compared": compared,
+        "texts": int(attention_mask.shape[0]),
+        "tokens": int(attention_mask.sum()),
+        "longest": int(attention_mask.sum(-1).max()),
+        "min_cosine": round(float(cosine.min()), 8),
+        "max_abs_diff": float((actual - expected).abs().max()),
+        "dtype": str(dtype).removeprefix("torch."),
+    }
+
+
 @torch.no_grad()
 def verify(folder: Path, source: Source, tokenizer, dtype: torch.dtype) -> dict:
     """Loads the written folder through AutoModel (remote code) and compares it with the source framework's own
@@ -685,23 +702,13 @@ def verify(folder: Path, source: Source, tokenizer, dtype: torch.dtype) -> dict:
     what, expected = reference(input_ids, attention_mask)
     real = attention_mask.bool()
     if what == "hidden":
-        actual, expected = ours.last_hidden_state.float()[real], expected.float()[real]  # (real tokens, hidden)
+        actual, expected = ours.last_hidden_state[real], expected[real]  # (real tokens, hidden)
+        figures = agreement(actual, expected, real, "encoder last_hidden_state per real token", model.dtype)
     else:
-        actual, expected = ours.sentence_embedding.float(), expected.float()
-    cosine = F.cosine_similarity(actual, expected, dim=-1)
-    figures = {
-        "verified": True,
-        "compared": "encoder last_hidden_state per real token" if what == "hidden" else "sentence_embedding per text",
-        "texts": int(input_ids.shape[0]),
-        "tokens": int(real.sum()),
-        "longest": int(real.sum(-1).max()),
-        "min_cosine": round(float(cosine.min()), 8),
-        "max_abs_diff": float((actual - expected).abs().max()),
-        "dtype": str(model.dtype).removeprefix("torch."),
-    }
+        figures = agreement(ours.sentence_embedding, expected, real, "sentence_embedding per text", model.dtype)
     if source.identity_head:
-        # With the identity head the embedding is the normalised mean of the hidden states (its first dims).
-        # (its first D dims when D < hidden; zero-padded to D when D > hidden)
+        # With the identity head the embedding is the normalised mean of the hidden states: its first D dims when
+        # D < hidden, zero-padded to D when D > hidden.
         dim = model.config.embedding_dim
         pooled = mean_pool(ours.last_hidden_state.float(), real)[:, :dim]
         pooled = F.normalize(F.pad(pooled, (0, dim - pooled.shape[-1])), dim=-1)
@@ -997,16 +1004,12 @@ def verify_sentence_transformers(folder: Path, model: EmbeddingGemmaModel, token
         from sentence_transformers import SentenceTransformer
     except ImportError:
         return {"verified": False, "reason": "sentence-transformers is not installed (pip install 'embeddinggemma[st]')"}
-    st = SentenceTransformer(str(folder), device="cpu")
+    st = SentenceTransformer(str(folder), device="cpu", model_kwargs={"dtype": model.dtype})
     input_ids, attention_mask = verification_batch(tokenizer, model.config)
-    expected = model.float()(input_ids=input_ids, attention_mask=attention_mask).sentence_embedding
-    actual = st.forward({"input_ids": input_ids, "attention_mask": attention_mask})["sentence_embedding"].float()
-    cosine = F.cosine_similarity(actual, expected, dim=-1)
-    figures = {"verified": True, "compared": "sentence_embedding per text", "texts": int(input_ids.shape[0]),
-               "tokens": int(attention_mask.sum()), "longest": int(attention_mask.sum(-1).max()),
-               "min_cosine": round(float(cosine.min()), 8), "max_abs_diff": float((actual - expected).abs().max()),
-               "dtype": str(st[0].auto_model.dtype).removeprefix("torch.")}  # fmt: skip
-    if not figures["min_cosine"] >= MIN_COSINE[torch.float32]:
+    expected = model(input_ids=input_ids, attention_mask=attention_mask).sentence_embedding  # in the export's dtype
+    actual = st.forward({"input_ids": input_ids, "attention_mask": attention_mask})["sentence_embedding"]
+    figures = agreement(actual, expected, attention_mask, "sentence_embedding per text", model.dtype)
+    if not figures["min_cosine"] >= MIN_COSINE[model.dtype]:
         raise ConversionError(f"Verification failed: sentence-transformers reads the export differently ({figures}).")
     return figures
 
