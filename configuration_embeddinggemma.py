@@ -78,6 +78,12 @@ class EmbeddingGemmaConfig(PretrainedConfig):
         prompts (`dict[str, str]`): task prompts by name, prepended to the text (the reference's 14).
         default_prompt_name (`str`, *optional*): prompt used when none is asked for (None: no prompt).
         document_title_template (`str`): how a document prompt with a title is written.
+
+    Inference:
+        use_fast_path (`bool`): in inference (eval mode, SDPA attention, default positions, no per-layer outputs),
+            run only the real tokens of a batch ("packed"), attention per sequence, and on long inputs only the band
+            of keys the sliding window keeps. Same result as the reference path to float32 rounding (tested to
+            1e-5); False forces the reference path (padded batch, one mask per layer type).
     """
 
     model_type = "embeddinggemma"
@@ -116,6 +122,7 @@ class EmbeddingGemmaConfig(PretrainedConfig):
         prompts=None,
         default_prompt_name=None,
         document_title_template=DOCUMENT_TITLE_TEMPLATE,
+        use_fast_path=True,
         pad_token_id=0,
         bos_token_id=2,
         eos_token_id=1,
@@ -158,6 +165,7 @@ class EmbeddingGemmaConfig(PretrainedConfig):
         self.prompts = dict(EMBEDDINGGEMMA_PROMPTS if prompts is None else prompts)
         self.default_prompt_name = default_prompt_name
         self.document_title_template = document_title_template
+        self.use_fast_path = use_fast_path
 
         kwargs.setdefault("custom_pipelines", CUSTOM_PIPELINES)
         self.check_fields()  # before transformers' own validators, whose messages are less specific

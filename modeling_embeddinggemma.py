@@ -103,6 +103,20 @@ class EmbeddingGemmaRMSNorm(nn.Module):
         output = output * (1.0 + self.weight.float())
         return output.type_as(x)
 
+    def fast(self, x: torch.Tensor, residual: torch.Tensor | None = None) -> torch.Tensor:
+        """`forward` (plus `residual` when given) in fewer passes over memory, for float32 inference: one reduction
+        for the norm, one multiply, and the weight applied while adding the residual. Other dtypes, and autograd,
+        take `forward`."""
+        if x.dtype != torch.float32 or torch.is_grad_enabled():  # in-place updates would break autograd
+            output = self(x)
+            return output if residual is None else residual + output
+        inverse_rms = torch.linalg.vector_norm(x, dim=-1, keepdim=True).square_().div_(x.shape[-1])
+        output = x * inverse_rms.add_(self.eps).rsqrt_()
+        weight = 1.0 + self.weight
+        if residual is None:
+            return output.mul_(weight)
+        return residual.addcmul_(output, weight)  # the residual stream is updated in place
+
     def extra_repr(self) -> str:
         return f"{tuple(self.weight.shape)}, eps={self.eps}"
 
@@ -139,6 +153,42 @@ def apply_rotary_pos_emb(q, k, cos, sin):
     return (q * cos) + (rotate_half(q) * sin), (k * cos) + (rotate_half(k) * sin)
 
 
+def apply_rotary_pos_emb_packed(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """`apply_rotary_pos_emb` for packed x (T, heads, head_dim) with cos/sin (T, head_dim), in three passes
+    instead of five: x * cos, then each half gains -x2 * sin or x1 * sin in place (no rotated copy, no negation)."""
+    half = x.shape[-1] // 2
+    sin = sin[:, None, :half]  # both halves of the table are equal
+    output = x * cos[:, None]
+    output[..., :half].addcmul_(x[..., half:], sin, value=-1.0)
+    output[..., half:].addcmul_(x[..., :half], sin)
+    return output
+
+
+# The fast path's float32 CPU products go through oneDNN with weights packed once into its blocked layout: 15-25%
+# faster than torch's default GEMM for these shapes on an AVX2 CPU (benchmarks/bench_inference.py). Same values up to
+# float32 rounding.
+_ONEDNN_LINEAR = hasattr(torch.ops, "mkldnn") and hasattr(torch.ops.mkldnn, "_linear_pointwise")
+
+
+def fast_linear(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """`module(x)` for 2-D packed x, on oneDNN with a cached packed weight when possible (float32, CPU, inference)."""
+    if not (_ONEDNN_LINEAR and type(module) is nn.Linear and x.dtype == torch.float32 and x.device.type == "cpu"
+            and x.dim() == 2 and not torch.is_grad_enabled() and torch.backends.mkldnn.is_available()):  # fmt: skip
+        return module(x)
+    weight = module.weight
+    key = (weight.data_ptr(), weight._version, weight.shape)
+    cached = getattr(module, "_onednn_weight", None)
+    if cached is None or cached[0] != key:
+        try:
+            packed = torch.ops.mkldnn._reorder_linear_weight(weight.detach(), None)
+        except RuntimeError:  # a build without it: plain products from now on
+            globals()["_ONEDNN_LINEAR"] = False
+            return module(x)
+        cached = (key, packed)
+        object.__setattr__(module, "_onednn_weight", cached)  # not a parameter or buffer: never saved
+    return torch.ops.mkldnn._linear_pointwise(x, cached[1], module.bias, "none", [], "")
+
+
 class EmbeddingGemmaMLP(nn.Module):
     def __init__(self, config: EmbeddingGemmaConfig):
         super().__init__()
@@ -148,7 +198,20 @@ class EmbeddingGemmaMLP(nn.Module):
         self.act_fn = ACT2FN[config.hidden_activation]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.down_proj(self.act_fn(self.gate_proj(x)) * self.up_proj(x))
+        gate, up = self.project_gate_up(x)
+        return self.down_proj(self.act_fn(gate) * up)
+
+    def fast(self, x: torch.Tensor) -> torch.Tensor:
+        """`forward` with the product written into the activation's buffer (one pass and one allocation fewer)."""
+        if torch.is_grad_enabled():
+            return self(x)
+        gate, up = self.project_gate_up(x, fast_linear)
+        return fast_linear(self.down_proj, self.act_fn(gate).mul_(up))
+
+    def project_gate_up(self, x: torch.Tensor, linear=lambda module, x: module(x)):
+        if hasattr(self, "gate_up_proj"):  # int8: one product for both (see `quantize_int8`)
+            return self.gate_up_proj(x).chunk(2, dim=-1)
+        return linear(self.gate_proj, x), linear(self.up_proj, x)
 
 
 def repeat_kv(hidden_states: torch.Tensor, n_rep: int) -> torch.Tensor:
@@ -212,9 +275,10 @@ class EmbeddingGemmaAttention(nn.Module):
     def forward(self, hidden_states, position_embeddings, attention_mask, output_attentions=False):
         batch, length, _ = hidden_states.shape
         hidden_shape = (batch, length, -1, self.head_dim)
-        query = self.q_proj(hidden_states).view(hidden_shape).transpose(1, 2)  # (B, nh, L, hd)
-        key = self.k_proj(hidden_states).view(hidden_shape).transpose(1, 2)  # (B, n_kv, L, hd)
-        value = self.v_proj(hidden_states).view(hidden_shape).transpose(1, 2)  # (B, n_kv, L, hd)
+        query, key, value = self.project_qkv(hidden_states)
+        query = query.view(hidden_shape).transpose(1, 2)  # (B, nh, L, hd)
+        key = key.view(hidden_shape).transpose(1, 2)  # (B, n_kv, L, hd)
+        value = value.view(hidden_shape).transpose(1, 2)  # (B, n_kv, L, hd)
         if self.config.use_qk_norm:
             query, key = self.q_norm(query), self.k_norm(key)
         query, key = apply_rotary_pos_emb(query, key, *position_embeddings)
@@ -241,6 +305,26 @@ class EmbeddingGemmaAttention(nn.Module):
         )
         attn_output = self.o_proj(attn_output.reshape(batch, length, -1))
         return attn_output, attn_weights
+
+    def project_qkv(self, hidden_states, linear=lambda module, x: module(x)):
+        if hasattr(self, "qkv_proj"):  # int8: one product for the three (see `quantize_int8`)
+            return self.qkv_proj(hidden_states).split(self.qkv_sizes, dim=-1)
+        return linear(self.q_proj, hidden_states), linear(self.k_proj, hidden_states), linear(self.v_proj, hidden_states)
+
+    def packed_forward(self, hidden_states, position_embeddings, packed: "PackedBatch", window):
+        """`forward` on packed tokens (T, hidden): the projections see only real tokens, attention runs per
+        sequence (see `packed_attention`)."""
+        tokens = hidden_states.shape[0]
+        query, key, value = self.project_qkv(hidden_states, fast_linear)
+        query = query.view(tokens, -1, self.head_dim)  # (T, nh, hd)
+        key = key.view(tokens, -1, self.head_dim)  # (T, n_kv, hd)
+        value = value.view(tokens, -1, self.head_dim)  # (T, n_kv, hd)
+        if self.config.use_qk_norm:
+            query, key = self.q_norm.fast(query), self.k_norm.fast(key)
+        query = apply_rotary_pos_emb_packed(query, *position_embeddings)  # tables (T, hd)
+        key = apply_rotary_pos_emb_packed(key, *position_embeddings)
+        attn_output = packed_attention(query, key, value, packed, window, self.scaling)
+        return fast_linear(self.o_proj, attn_output.view(tokens, -1))
 
 
 class EmbeddingGemmaEncoderLayer(GradientCheckpointingLayer):
@@ -269,6 +353,15 @@ class EmbeddingGemmaEncoderLayer(GradientCheckpointingLayer):
         hidden_states = residual + self.post_feedforward_layernorm(hidden_states)
         return hidden_states, attn_weights
 
+    def packed_forward(self, hidden_states, position_embeddings, packed: "PackedBatch", window):
+        """`forward` on packed tokens (T, hidden), with each post-norm applied while adding the residual."""
+        attn_output = self.self_attn.packed_forward(
+            self.input_layernorm.fast(hidden_states), position_embeddings, packed, window
+        )
+        hidden_states = self.post_attention_layernorm.fast(attn_output, residual=hidden_states)
+        mlp_output = self.mlp.fast(self.pre_feedforward_layernorm.fast(hidden_states))
+        return self.post_feedforward_layernorm.fast(mlp_output, residual=hidden_states)
+
 
 def _is_compiling() -> bool:
     return torch.compiler.is_compiling() if hasattr(torch, "compiler") else False
@@ -296,7 +389,8 @@ def bidirectional_attention_mask(
         left, right = window
         distance = position_ids[:, None, :] - position_ids[:, :, None]  # (B, Lq, Lk): pos_j - pos_i
         allowed = allowed & (distance >= -left) & (distance <= right)
-    allowed = allowed | torch.eye(length, dtype=torch.bool, device=padding_mask.device)
+    index = torch.arange(length, device=padding_mask.device)
+    allowed = allowed | (index[:, None] == index[None, :])  # the diagonal (torch.eye has no bool ONNX kernel)
     return allowed[:, None]  # (B, 1, Lq, Lk)
 
 
@@ -315,6 +409,222 @@ def truncate_and_normalize(embeddings: torch.Tensor, dim: int | None, normalize:
     return F.normalize(embeddings, p=2, dim=-1) if normalize else embeddings
 
 
+# ----------------------------------------------------------------------------------------------------------------
+# Fast path: only the real tokens of a batch, laid end to end ("packed"), and attention per sequence
+# ----------------------------------------------------------------------------------------------------------------
+
+# Query rows per block when a sliding layer attends only to the band of keys its window keeps.
+BAND_BLOCK = 128
+
+
+@dataclass
+class PackedBatch:
+    """Where the real tokens of a padded (B, L) batch are once packed into (T, ...)."""
+
+    batch: int
+    length: int
+    index: torch.Tensor | None  # (T,) flat positions of the real tokens in B * L; None when nothing is padding
+    sequence_ids: torch.Tensor  # (T,) the row of each token
+    positions: torch.Tensor  # (T,) 0, 1, 2, ... within each row
+    lengths: torch.Tensor  # (B,) real tokens per row
+    groups: list[tuple[int, int, int]]  # (first token, rows, tokens per row) for runs of rows of equal length
+    masks: dict  # window masks by geometry, built on first use and shared by all layers of a forward
+
+    @classmethod
+    def from_padding_mask(cls, padding_mask: torch.Tensor) -> "PackedBatch":
+        batch, length = padding_mask.shape
+        device = padding_mask.device
+        lengths = padding_mask.sum(-1)
+        sizes = lengths.tolist()
+        index = None if all(size == length for size in sizes) else padding_mask.reshape(-1).nonzero().squeeze(-1)
+        sequence_ids = torch.repeat_interleave(torch.arange(batch, device=device), lengths)
+        starts = torch.cumsum(lengths, 0) - lengths  # first token of each row
+        positions = torch.arange(int(sum(sizes)), device=device) - starts[sequence_ids]
+        groups, start = [], 0
+        for size in sizes:
+            if size and groups and groups[-1][2] == size:
+                first, rows, _ = groups[-1]
+                groups[-1] = (first, rows + 1, size)
+            elif size:
+                groups.append((start, 1, size))
+            start += size
+        return cls(batch, length, index, sequence_ids, positions, lengths, groups, {})
+
+    def pack(self, padded: torch.Tensor) -> torch.Tensor:
+        """(B, L, ...) -> (T, ...)"""
+        flat = padded.reshape(self.batch * self.length, *padded.shape[2:])
+        return flat if self.index is None else flat[self.index]
+
+    def unpack(self, packed: torch.Tensor) -> torch.Tensor:
+        """(T, ...) -> (B, L, ...), zeros at padding."""
+        if self.index is None:
+            return packed.reshape(self.batch, self.length, *packed.shape[1:])
+        flat = packed.new_zeros(self.batch * self.length, *packed.shape[1:])
+        return flat.index_copy_(0, self.index, packed).reshape(self.batch, self.length, *packed.shape[1:])
+
+    def window_mask(self, queries: tuple[int, int], keys: tuple[int, int], group: int, window, dtype, device):
+        """Additive (queries * group, keys) mask: 0 where -left <= key - query <= right, -inf elsewhere (no row is
+        all -inf: a query always sees itself). Additive, so SDPA does not convert it on every call; cached by
+        geometry, so the sliding layers of a forward share it."""
+        geometry = (queries[0] - keys[0], queries[1] - queries[0], keys[1] - keys[0], group, window, dtype)
+        if geometry not in self.masks:
+            left, right = window
+            query = torch.arange(queries[0], queries[1], device=device).repeat_interleave(group)
+            distance = torch.arange(keys[0], keys[1], device=device)[None, :] - query[:, None]
+            outside = (distance < -left) | (distance > right)
+            self.masks[geometry] = torch.zeros(outside.shape, dtype=dtype, device=device).masked_fill_(outside, float("-inf"))
+        return self.masks[geometry]
+
+
+def packed_attention(query, key, value, packed: PackedBatch, window, scaling) -> torch.Tensor:
+    """Bidirectional attention over packed tokens: query (T, nh, hd), key/value (T, n_kv, hd) -> (T, nh, hd).
+
+    Rows of equal length share one SDPA call. The query heads that share a key/value head are folded into the query
+    length, so multi-query attention needs no repeated keys. On a sliding layer, a sequence longer than its window
+    attends block by block (`BAND_BLOCK` queries) to the keys its window keeps, instead of to all keys and a mask.
+    """
+    tokens, heads, head_dim = query.shape
+    kv_heads = key.shape[1]
+    group = heads // kv_heads
+    output = torch.empty_like(query)
+    for start, rows, length in packed.groups:
+        stop = start + rows * length
+        # (rows, n_kv, length * group, hd): query row r of a kv head is token r // group
+        q = query[start:stop].view(rows, length, kv_heads, group, head_dim).transpose(1, 2)
+        q = q.reshape(rows, kv_heads, length * group, head_dim)
+        k = key[start:stop].view(rows, length, kv_heads, head_dim).transpose(1, 2)  # (rows, n_kv, length, hd)
+        v = value[start:stop].view(rows, length, kv_heads, head_dim).transpose(1, 2)
+        out = output[start:stop].view(rows, length, kv_heads, group, head_dim)
+        if window is None or length <= min(window) + 1:  # every pair is visible
+            blocks = [(0, length, 0, length)]
+        elif length <= BAND_BLOCK + window[0] + window[1]:  # the band is nearly everything: mask it
+            blocks = [(0, length, 0, length)]
+        else:
+            blocks = [
+                (first, min(first + BAND_BLOCK, length), max(0, first - window[0]),
+                 min(length, first + BAND_BLOCK + window[1]))
+                for first in range(0, length, BAND_BLOCK)
+            ]  # fmt: skip
+        for q_start, q_stop, k_start, k_stop in blocks:
+            mask = None
+            if window is not None and not (q_stop - 1 - k_start <= window[0] and k_stop - 1 - q_start <= window[1]):
+                mask = packed.window_mask((q_start, q_stop), (k_start, k_stop), group, window, query.dtype, query.device)
+            attended = F.scaled_dot_product_attention(
+                q[:, :, q_start * group : q_stop * group],
+                k[:, :, k_start:k_stop],
+                v[:, :, k_start:k_stop],
+                attn_mask=mask,
+                scale=scaling,
+            )  # (rows, n_kv, (q_stop - q_start) * group, hd)
+            out[:, q_start:q_stop] = attended.view(rows, kv_heads, q_stop - q_start, group, head_dim).transpose(1, 2)
+    return output
+
+
+def packed_mean_pool(hidden_states: torch.Tensor, packed: PackedBatch) -> torch.Tensor:
+    """`mean_pool` on packed tokens: (T, H) -> (B, H), summed in float32."""
+    summed = hidden_states.new_zeros(packed.batch, hidden_states.shape[-1], dtype=torch.float32)
+    summed.index_add_(0, packed.sequence_ids, hidden_states.float())
+    counts = packed.lengths.to(torch.float32)[:, None].clamp(min=1e-9)
+    return (summed / counts).to(hidden_states.dtype)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# int8 on CPU: per-output-channel int8 weights, per-token int8 activations
+# ----------------------------------------------------------------------------------------------------------------
+
+# Layers left in float32 by default: the inputs of `down_proj` carry outliers of 40-100x their RMS, so they lose the
+# most to int8 (see docs/performance.md for the measured trade-off of each choice).
+INT8_SKIP_DEFAULT = ("mlp.down_proj",)
+
+
+class Int8Linear(nn.Module):
+    """A bias-optional `nn.Linear` replacement computing x @ W^T with int8 weights (symmetric, one scale per output
+    channel) and int8 activations quantized per token, on the fbgemm/x86 int8 kernels of torch's CPU build.
+
+    Per-token activation scales come from a rescaling: each row of x is divided by its max |x| before the kernel's
+    dynamic per-tensor quantization (so every row spans the same range and gets its own effective scale), and the
+    output rows are multiplied back. Weights use 7 bits (|q| <= 63) so that AVX2's u8 x s8 pair sums cannot saturate
+    (2 * 255 * 63 < 2**15) while activations keep all 8 bits.
+    """
+
+    WEIGHT_LEVELS = 63
+
+    def __init__(self, *linears: nn.Linear):
+        """One int8 product for `linears` that read the same input, their outputs concatenated (q/k/v, gate/up)."""
+        super().__init__()
+        import warnings
+
+        self.in_features = linears[0].in_features
+        self.out_features = sum(linear.out_features for linear in linears)
+        weight = torch.cat([linear.weight.detach().float().cpu() for linear in linears])
+        scale = (weight.abs().amax(dim=1) / self.WEIGHT_LEVELS).clamp(min=1e-12)
+        biases = [linear.bias for linear in linears]
+        bias = None
+        if any(b is not None for b in biases):
+            bias = torch.cat([b.detach().float().cpu() if b is not None else torch.zeros(linear.out_features)
+                              for b, linear in zip(biases, linears)])  # fmt: skip
+        with warnings.catch_warnings():  # torch marks quantized tensors as deprecated; the kernels remain
+            warnings.simplefilter("ignore")
+            quantized = torch.quantize_per_channel(
+                weight, scale.double(), torch.zeros(self.out_features, dtype=torch.long), 0, torch.qint8
+            )
+            self._packed = torch.ops.quantized.linear_prepack(quantized, bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        shape = x.shape
+        rows = x.reshape(-1, self.in_features).float()
+        row_max = torch.linalg.vector_norm(rows, ord=float("inf"), dim=-1, keepdim=True).clamp_(min=1e-12)
+        output = torch.ops.quantized.linear_dynamic(rows / row_max, self._packed, False)
+        return output.mul_(row_max).reshape(*shape[:-1], self.out_features).to(x.dtype)
+
+    def extra_repr(self) -> str:
+        return f"in_features={self.in_features}, out_features={self.out_features}, int8 (per-channel W, per-token x)"
+
+
+def quantize_int8(model: nn.Module, skip: tuple[str, ...] = INT8_SKIP_DEFAULT) -> nn.Module:
+    """Replaces the encoder's linear layers by `Int8Linear`, in place, and returns the model (eval mode, CPU).
+
+    `skip` names layers to keep in float32 by suffix ("mlp.down_proj", "self_attn.o_proj", ...); () quantizes all.
+    The Dense head stays in float32 (it runs once per text). For CPU inference: torch's int8 kernels are CPU-only,
+    the result cannot be saved (quantize again after loading) nor trained. Check its agreement with the float model
+    on your own texts (`benchmarks/bench_inference.py` reports min/mean cosine and STS-B for each choice).
+    """
+    import torch.backends.quantized
+
+    engines = torch.backends.quantized.supported_engines
+    if not any(engine in engines for engine in ("x86", "fbgemm")):
+        raise RuntimeError(f"int8 needs torch's x86/fbgemm quantized engine; this build has {engines}.")
+    if next(model.parameters()).device.type != "cpu":
+        raise ValueError("quantize_int8 is for CPU inference; move the model to the CPU first (`model.to('cpu')`).")
+    if "x86" in engines:
+        torch.backends.quantized.engine = "x86"
+    def skipped(name):
+        return any(name.endswith(suffix) for suffix in skip)
+
+    encoder = model.model if isinstance(model, EmbeddingGemmaModel) else model
+    for layer in encoder.layers:
+        attention, mlp = layer.self_attn, layer.mlp
+        # Projections that read the same input share one product (and one quantization of that input).
+        fused = [
+            (attention, "qkv_proj", ("q_proj", "k_proj", "v_proj")),
+            (attention, "o_proj", ("o_proj",)),
+            (mlp, "gate_up_proj", ("gate_proj", "up_proj")),
+            (mlp, "down_proj", ("down_proj",)),
+        ]
+        for module, fused_name, names in fused:
+            if any(skipped(f"self_attn.{n}") or skipped(f"mlp.{n}") for n in names):
+                continue
+            linears = [getattr(module, n) for n in names]
+            if not all(isinstance(linear, nn.Linear) for linear in linears):
+                continue  # already quantized
+            for n in names:
+                delattr(module, n)
+            setattr(module, fused_name, Int8Linear(*linears))
+            if fused_name == "qkv_proj":
+                module.qkv_sizes = [linear.out_features for linear in linears]
+    return model.eval()
+
+
 class EmbeddingGemmaPreTrainedModel(PreTrainedModel):
     config_class = EmbeddingGemmaConfig
     base_model_prefix = "model"
@@ -330,12 +640,27 @@ class EmbeddingGemmaPreTrainedModel(PreTrainedModel):
             init.zeros_(module.weight)  # zero-centred: the norm multiplies by (1 + weight)
 
     @classmethod
-    def from_pretrained(cls, *args, **kwargs):
+    def from_pretrained(cls, *args, quantize: str | None = None, **kwargs):
+        """`PreTrainedModel.from_pretrained`, refusing float16, with `quantize="int8"` to call `quantize_int8()` on
+        the loaded model (CPU inference only; see its docstring)."""
         # Refuse float16 before reading gigabytes of weights; forward() checks again for `.half()` after loading.
         for key in ("dtype", "torch_dtype"):
             if kwargs.get(key) in (torch.float16, "float16"):
                 raise ValueError(FLOAT16_ERROR)
-        return super().from_pretrained(*args, **kwargs)
+        if quantize not in (None, "int8"):
+            raise ValueError(f"quantize={quantize!r} is not supported; expected None or 'int8'.")
+        model = super().from_pretrained(*args, **kwargs)
+        if quantize == "int8":
+            quantize_int8(model)
+        return model
+
+    def save_pretrained(self, save_directory, *args, **kwargs):
+        if any(isinstance(module, Int8Linear) for module in self.modules()):
+            raise ValueError(
+                "This model was quantized to int8 in memory and its int8 weights cannot be saved; save the float "
+                "model and quantize after loading (`from_pretrained(..., quantize='int8')`)."
+            )
+        super().save_pretrained(save_directory, *args, **kwargs)
 
 
 class EmbeddingGemmaTextModel(EmbeddingGemmaPreTrainedModel):
@@ -370,18 +695,13 @@ class EmbeddingGemmaTextModel(EmbeddingGemmaPreTrainedModel):
         output_attentions: bool | None = None,
         return_dict: bool | None = None,
     ) -> BaseModelOutput:
-        if (input_ids is None) == (inputs_embeds is None):
-            raise ValueError("Pass exactly one of input_ids or inputs_embeds.")
-        if inputs_embeds is None:
-            inputs_embeds = self.embed_tokens(input_ids)
-        if inputs_embeds.dtype == torch.float16:
-            raise ValueError(FLOAT16_ERROR)
+        if self.uses_fast_path(position_ids, output_hidden_states, output_attentions):
+            hidden_states, packed = self.packed_forward(input_ids, attention_mask, inputs_embeds)
+            output = BaseModelOutput(last_hidden_state=packed.unpack(hidden_states))
+            return output if return_dict is not False else output.to_tuple()
+
+        inputs_embeds = self._embed(input_ids, inputs_embeds)
         batch, length = inputs_embeds.shape[:2]
-        if batch == 0 or length == 0:
-            raise ValueError(
-                f"Got an empty batch of shape {tuple(inputs_embeds.shape[:2])}; pass at least one text of at least "
-                "one token."
-            )
         padding_mask = _padding_mask(attention_mask, batch, length, inputs_embeds.device)
         if position_ids is None:
             # Real tokens are numbered 0, 1, 2, ... whatever padding sits between them.
@@ -417,6 +737,61 @@ class EmbeddingGemmaTextModel(EmbeddingGemmaPreTrainedModel):
             last_hidden_state=hidden_states, hidden_states=all_hidden_states, attentions=all_attentions
         )
         return output if return_dict is not False else output.to_tuple()
+
+    def _embed(self, input_ids, inputs_embeds) -> torch.Tensor:
+        if (input_ids is None) == (inputs_embeds is None):
+            raise ValueError("Pass exactly one of input_ids or inputs_embeds.")
+        if inputs_embeds is None:
+            inputs_embeds = self.embed_tokens(input_ids)
+        if inputs_embeds.dtype == torch.float16:
+            raise ValueError(FLOAT16_ERROR)
+        if inputs_embeds.dim() != 3 or 0 in inputs_embeds.shape[:2]:
+            raise ValueError(
+                f"Got an empty batch of shape {tuple(inputs_embeds.shape[:2])}; pass at least one text of at least "
+                "one token."
+            )
+        return inputs_embeds
+
+    def uses_fast_path(self, position_ids=None, output_hidden_states=None, output_attentions=None) -> bool:
+        """Whether `forward` takes the packed fast path (`config.use_fast_path`): in inference, with SDPA, default
+        positions, no softcapping and no per-layer outputs. Otherwise the reference path runs."""
+        return bool(
+            getattr(self.config, "use_fast_path", True)
+            and not self.training
+            and position_ids is None
+            and not output_hidden_states
+            and not output_attentions
+            and self.config.attn_logit_softcapping is None
+            and (self.config._attn_implementation or "sdpa") == "sdpa"
+        )
+
+    def packed_forward(self, input_ids=None, attention_mask=None, inputs_embeds=None):
+        """The encoder on the real tokens only: returns the final hidden states packed, (T, hidden), and the
+        `PackedBatch` that says where they sit in the padded batch (`packed.unpack(...)` gives (B, L, hidden))."""
+        if (input_ids is None) == (inputs_embeds is None):
+            raise ValueError("Pass exactly one of input_ids or inputs_embeds.")
+        reference = input_ids if input_ids is not None else inputs_embeds
+        if reference.dim() < 2 or 0 in reference.shape[:2]:
+            raise ValueError(
+                f"Got an empty batch of shape {tuple(reference.shape[:2])}; pass at least one text of at least one "
+                "token."
+            )
+        batch, length = reference.shape[:2]
+        padding_mask = _padding_mask(attention_mask, batch, length, reference.device)
+        packed = PackedBatch.from_padding_mask(padding_mask)
+        if input_ids is not None:  # embed only the real tokens
+            hidden_states = self.embed_tokens(packed.pack(input_ids))
+            if hidden_states.dtype == torch.float16:
+                raise ValueError(FLOAT16_ERROR)
+        else:  # a copy: the residual stream is updated in place
+            hidden_states = packed.pack(self._embed(None, inputs_embeds)).clone()
+        windows = {"full_attention": None, "sliding_attention": self.config.attention_window}
+        position_embeddings = {t: self.rotary_emb(hidden_states, packed.positions, t) for t in set(self.config.layer_types)}
+        for layer in self.layers:
+            hidden_states = layer.packed_forward(
+                hidden_states, position_embeddings[layer.attention_type], packed, windows[layer.attention_type]
+            )
+        return self.norm.fast(hidden_states), packed
 
 
 def _padding_mask(attention_mask, batch, length, device) -> torch.Tensor:
@@ -475,6 +850,12 @@ class EmbeddingGemmaModel(EmbeddingGemmaPreTrainedModel):
         token_type_ids: torch.Tensor | None = None,  # some tokenizers return it; Gemma has one segment
     ) -> EmbeddingGemmaModelOutput:
         truncate_dim = self.check_truncate_dim(truncate_dim)
+        if self.model.uses_fast_path(position_ids, output_hidden_states, output_attentions):
+            hidden_states, packed = self.model.packed_forward(input_ids, attention_mask, inputs_embeds)
+            embeddings = self._head(packed_mean_pool(hidden_states, packed), truncate_dim)
+            output = EmbeddingGemmaModelOutput(sentence_embedding=embeddings, last_hidden_state=packed.unpack(hidden_states))
+            return output if return_dict is not False else output.to_tuple()
+
         encoder_outputs = self.model(
             input_ids=input_ids,
             attention_mask=attention_mask,
@@ -487,10 +868,7 @@ class EmbeddingGemmaModel(EmbeddingGemmaPreTrainedModel):
         batch, length = last_hidden_state.shape[:2]
         padding_mask = _padding_mask(attention_mask, batch, length, last_hidden_state.device)
 
-        embeddings = mean_pool(last_hidden_state, padding_mask)  # (B, hidden)
-        for dense in self.dense:
-            embeddings = self.dense_act(dense(embeddings))  # (B, dense_out_features[i])
-        embeddings = truncate_and_normalize(embeddings, truncate_dim, self.config.normalize_embeddings)
+        embeddings = self._head(mean_pool(last_hidden_state, padding_mask), truncate_dim)
 
         output = EmbeddingGemmaModelOutput(
             sentence_embedding=embeddings,
@@ -500,6 +878,12 @@ class EmbeddingGemmaModel(EmbeddingGemmaPreTrainedModel):
         )
         return output if return_dict is not False else output.to_tuple()
 
+    def _head(self, pooled: torch.Tensor, truncate_dim: int | None) -> torch.Tensor:
+        """Dense layers, then Matryoshka truncation and L2 normalisation: (B, hidden) -> (B, dim)."""
+        embeddings = pooled
+        for dense in self.dense:
+            embeddings = self.dense_act(dense(embeddings))  # (B, dense_out_features[i])
+        return truncate_and_normalize(embeddings, truncate_dim, self.config.normalize_embeddings)
 
     def save_pretrained(self, save_directory, *args, **kwargs):
         """`PreTrainedModel.save_pretrained`, plus the files that let `SentenceTransformer(folder,
@@ -536,7 +920,7 @@ class EmbeddingGemmaModel(EmbeddingGemmaPreTrainedModel):
         texts: str | list[str],
         prompt_name: str | None = None,
         prompt: str | None = None,
-        batch_size: int = 32,
+        batch_size: int | None = None,
         truncate_dim: int | None = None,
         convert_to_numpy: bool = True,
         show_progress_bar: bool | None = None,
@@ -546,9 +930,11 @@ class EmbeddingGemmaModel(EmbeddingGemmaPreTrainedModel):
         """Embeds `texts` with the prompt `prompt` or the one named `prompt_name` (see `config.prompts`).
 
         A string gives one vector `[dim]`, a list a matrix `[len(texts), dim]` in input order (numpy float32 by
-        default, else a tensor in the model's dtype). Texts are sorted by token length and batched so that padding
-        is minimal; `max_batch_tokens` also caps the padded tokens of a batch. Texts longer than the model's
-        maximum length are truncated, with a warning. `truncate_dim` is one of `config.matryoshka_dims`.
+        default, else a tensor in the model's dtype). Texts are sorted by token length and batched by a token
+        budget: a batch holds at most `max_batch_tokens` tokens (default `DEFAULT_MAX_BATCH_TOKENS`, 4,096, counted
+        as rows x longest) and, when `batch_size` is given, at most `batch_size` texts; a text longer than the budget
+        goes alone. Texts longer than the model's maximum length are truncated, with a warning. `truncate_dim` is
+        one of `config.matryoshka_dims`.
         """
         return self._encode(texts, lambda count: [self.config.prompt_for(prompt_name, prompt)] * count,
                             batch_size, truncate_dim, convert_to_numpy, show_progress_bar, device,
@@ -579,15 +965,19 @@ class EmbeddingGemmaModel(EmbeddingGemmaPreTrainedModel):
         return self._encode(texts, lambda _: prompts, **kwargs)
 
     @torch.no_grad()
-    def _encode(self, texts, prompts_for, batch_size=32, truncate_dim=None, convert_to_numpy=True,
+    def _encode(self, texts, prompts_for, batch_size=None, truncate_dim=None, convert_to_numpy=True,
                 show_progress_bar=None, device=None, max_batch_tokens=None):  # fmt: skip
         single = isinstance(texts, str)
         texts = [texts] if single else list(texts)
         bad = [(i, type(t).__name__) for i, t in enumerate(texts) if not isinstance(t, str)]
         if bad:
             raise TypeError(f"encode takes a string or a list of strings; items (index, type) {bad[:5]} are not strings.")
-        if not isinstance(batch_size, int) or batch_size < 1:
-            raise ValueError(f"batch_size={batch_size!r} must be a positive int.")
+        if batch_size is not None and (not isinstance(batch_size, int) or batch_size < 1):
+            raise ValueError(f"batch_size={batch_size!r} must be a positive int (or None: as many as the token budget holds).")
+        if max_batch_tokens is None:
+            max_batch_tokens = DEFAULT_MAX_BATCH_TOKENS
+        if not isinstance(max_batch_tokens, int) or max_batch_tokens < 1:
+            raise ValueError(f"max_batch_tokens={max_batch_tokens!r} must be a positive int.")
         truncate_dim = self.check_truncate_dim(truncate_dim)
         dim = truncate_dim or self.config.embedding_dim
         if device is not None:
@@ -646,6 +1036,9 @@ class EmbeddingGemmaModel(EmbeddingGemmaPreTrainedModel):
 
 
 PROGRESS_BAR_MIN_BATCHES = 8
+# Tokens per `encode` batch by default: large enough that the matrix multiplies run at the CPU's full rate (on a
+# 2-core AVX2 machine: 76 GFLOP/s at 320 rows, 87 at 1,024, 94 at 4,096), small enough to bound memory.
+DEFAULT_MAX_BATCH_TOKENS = 4096
 
 
 def write_sentence_transformers_files(folder, config: EmbeddingGemmaConfig) -> None:
@@ -678,12 +1071,13 @@ def write_sentence_transformers_files(folder, config: EmbeddingGemmaConfig) -> N
             handle.write("\n")
 
 
-def token_length_batches(lengths: list[int], batch_size: int, max_batch_tokens: int | None = None) -> list[int]:
-    """Sizes of consecutive batches over texts sorted by decreasing token length: at most `batch_size` texts, and at
-    most `max_batch_tokens` padded tokens (the first text's length times the count) unless a text alone exceeds it."""
+def token_length_batches(lengths: list[int], batch_size: int | None, max_batch_tokens: int | None = None) -> list[int]:
+    """Sizes of consecutive batches over texts sorted by decreasing token length: at most `batch_size` texts (None:
+    no limit), and at most `max_batch_tokens` padded tokens (the first text's length times the count) unless a text
+    alone exceeds it."""
     sizes, start = [], 0
     while start < len(lengths):
-        size = min(batch_size, len(lengths) - start)
+        size = len(lengths) - start if batch_size is None else min(batch_size, len(lengths) - start)
         if max_batch_tokens is not None:
             size = max(1, min(size, max_batch_tokens // max(lengths[start], 1)))
         sizes.append(size)
@@ -713,4 +1107,6 @@ __all__ = [
     "bidirectional_attention_mask",
     "mean_pool",
     "truncate_and_normalize",
+    "quantize_int8",
+    "Int8Linear",
 ]

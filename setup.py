@@ -35,8 +35,9 @@ setup(
         "gguf": ["gguf>=0.17"],
         "ray": ["ray[data]>=2.40", "pyarrow>=17"],
         "train": ["sentence-transformers>=5.5", "datasets>=2.19", "accelerate>=1.1"],
+        "bench": ["sentence-transformers>=5.5", "onnx>=1.16", "onnxruntime>=1.18", "scipy"],
         "test": ["pytest>=8", "sentence-transformers>=5.5", "gguf>=0.17", "protobuf", "accelerate>=1.1",
-                 "ray[data]>=2.40", "pyarrow>=17", "datasets>=2.19"],
+                 "ray[data]>=2.40", "pyarrow>=17", "datasets>=2.19", "onnx>=1.16", "onnxruntime>=1.18"],
     },
     entry_points={
         "console_scripts": [

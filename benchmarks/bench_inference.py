@@ -1,17 +1,26 @@
-"""Inference throughput: our `encode` vs sentence-transformers vs transformers-native (Gemma3TextModel + a manual
-head), same weights, same texts, interleaved repeats; tokens/s and texts/s medians, ratios to sentence-transformers,
-and agreement (min cosine to sentence-transformers).
+"""Inference throughput, same weights and texts, repeats interleaved: our `encode` (fast path, its steps one by one,
+int8) vs sentence-transformers vs transformers-native (Gemma3TextModel + a manual head) vs ONNX Runtime fp32, with
+tokens/s and texts/s medians and ranges, ratios to sentence-transformers, agreement (min cosine to
+sentence-transformers; max abs difference of our fast path to our reference path), and the fp32 GEMM ceiling (the
+linear layers alone on the real tokens) so that the distance to the machine's limit is a number.
 
-    python benchmarks/bench_inference.py [--reference DIR] [--repeats 3] [--smoke]
+    python benchmarks/bench_inference.py [--reference DIR] [--repeats 3] [--smoke] [--workloads short,documents,mixed]
+                                         [--systems NAME,...] [--rss] [--sts]
 
-With --reference (or EMBEDDINGGEMMA_REFERENCE) the real google/embeddinggemma-300m is converted and measured; without
-it (or with --smoke) a tiny random model is, which checks the script and measures overheads only.
-Workloads: short texts (STS-B-like sentences), 200-1,000-token documents, and a mixed corpus (8-1,040 tokens).
+With --reference (or EMBEDDINGGEMMA_REFERENCE) the real google/embeddinggemma-300m is measured; without it (or with
+--smoke) a tiny random model is, which checks the script and measures overheads only.
+Workloads: short = STS-B test sentences (../shared/data when present, else generated sentences), documents =
+250-1,300 tokens, mixed = 8-1,040 tokens. --rss loads each system in a fresh process and reports its load time and
+peak RSS on the mixed workload. --sts reports STS-B test Spearman (STS prompt) at 768 and 256 dims for float32 and
+each int8 variant.
 """
 
 import argparse
+import json
 import os
+import resource
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -21,26 +30,178 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+STSB = REPO.parent / "shared" / "data" / "stsbenchmark"
 
 WORDS = ("a man is playing a guitar while the planet mars looks red in the evening sky and a river carries sediment "
          "towards the delta every spring as scientists measure the slow orbit of a distant moon").split()  # fmt: skip
 
 
-def workload(name: str, count: int, rng) -> list[str]:
-    lengths = {"short": (6, 20), "documents": (180, 900), "mixed": (6, 950)}[name]
-    return [" ".join(rng.choice(WORDS, size=int(rng.integers(*lengths)))) for _ in range(count)]
+def read_stsb(split: str = "test") -> list[tuple[str, str, float]]:
+    path = STSB / f"sts-{split}.csv"
+    rows = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        fields = line.split("\t")
+        if len(fields) >= 7:
+            rows.append((fields[5], fields[6], float(fields[4])))
+    return rows
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--reference", default=os.environ.get("EMBEDDINGGEMMA_REFERENCE"))
-    parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--smoke", action="store_true")
-    args = parser.parse_args()
+def workload(name: str, count: int, tokenizer, rng) -> list[str]:
+    """`count` texts whose token lengths (with <bos>/<eos>) fall in the workload's range."""
+    if name == "short" and STSB.is_dir():
+        sentences = [s for a, b, _ in read_stsb() for s in (a, b)]
+        return sentences[:count]
+    sentences = [s for a, b, _ in read_stsb("train") for s in (a, b)] if STSB.is_dir() else None
+    low, high = {"short": (8, 40), "documents": (250, 1300), "mixed": (8, 1040)}[name]
+    texts = []
+    for _ in range(count):
+        target = int(rng.integers(low, high))
+        pieces, length = [], 2
+        while length < target:
+            piece = str(rng.choice(sentences)) if sentences else " ".join(rng.choice(WORDS, size=8))
+            pieces.append(piece)
+            length += len(tokenizer(piece, add_special_tokens=False)["input_ids"]) + 1
+        texts.append(" ".join(pieces))
+    return texts
+
+
+def gemm_ceiling(model, tokens: int = 4096, repeats: int = 3) -> float:
+    """Tokens/s of the encoder's linear layers alone (float32 GEMMs at `tokens` rows): the rate no fp32 path beats."""
+    weights = [m.weight for m in model.model.modules() if isinstance(m, torch.nn.Linear)]
+    inputs = {w.shape[1]: torch.randn(tokens, w.shape[1]) for w in weights}
+    with torch.no_grad():
+        for w in weights:  # warm-up
+            F.linear(inputs[w.shape[1]], w)
+        best = float("inf")
+        for _ in range(repeats):
+            started = time.perf_counter()
+            for w in weights:
+                F.linear(inputs[w.shape[1]], w)
+            best = min(best, time.perf_counter() - started)
+    return tokens / best
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Systems: name -> loader returning an encode function texts -> (n, dim) float32 unit vectors
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def load_sentence_transformers(ctx):
     from sentence_transformers import SentenceTransformer
-    from transformers import AutoModel, Gemma3TextModel
 
+    model = SentenceTransformer(ctx["source"], device="cpu")
+    return lambda texts: model.encode(texts, batch_size=32, convert_to_numpy=True)
+
+
+def load_native(ctx):
+    from transformers import AutoTokenizer, Gemma3TextModel
+    from safetensors.torch import load_file
+
+    native = Gemma3TextModel.from_pretrained(ctx["source"], attn_implementation="sdpa").eval()
+    tokenizer = AutoTokenizer.from_pretrained(ctx["source"])
+    dense = []
+    for folder in sorted(Path(ctx["source"]).glob("[0-9]*_Dense")):
+        dense.append(load_file(str(folder / "model.safetensors"))["linear.weight"])
+
+    @torch.no_grad()
+    def run(texts, batch_size=32):
+        outputs = []
+        for start in range(0, len(texts), batch_size):
+            batch = tokenizer(texts[start : start + batch_size], padding=True, truncation=True,
+                              max_length=ctx["max_length"], return_tensors="pt")  # fmt: skip
+            hidden = native(**batch).last_hidden_state
+            mask = batch["attention_mask"][..., None].float()
+            pooled = (hidden * mask).sum(1) / mask.sum(1)
+            for weight in dense:
+                pooled = pooled @ weight.T
+            outputs.append(F.normalize(pooled, dim=-1))
+        return torch.cat(outputs).numpy()
+
+    return run
+
+
+def load_ours(ctx, quantize=None, skip=None, fast=True, batch_size=None, max_batch_tokens=None):
+    from transformers import AutoModel
+
+    model = AutoModel.from_pretrained(ctx["ours"], trust_remote_code=True).eval()
+    model.config.use_fast_path = fast
+    if quantize:
+        module = sys.modules[type(model).__module__]
+        module.quantize_int8(model, **({} if skip is None else {"skip": skip}))
+    return lambda texts: model.encode(texts, batch_size=batch_size, max_batch_tokens=max_batch_tokens,
+                                      show_progress_bar=False)  # fmt: skip
+
+
+def load_onnx(ctx):
+    """ONNX Runtime fp32 on an export of our reference path (traced on a padded batch longer than the window, so
+    the graph keeps the masks), batches of 32 sorted by token length, as a careful ONNX user would run it."""
+    import onnxruntime
+    from transformers import AutoModel
+
+    path = Path(ctx["work"]) / "model.onnx"
+    model = AutoModel.from_pretrained(ctx["ours"], trust_remote_code=True).eval()
+    tokenizer = model.tokenizer
+    if not path.exists():
+        model.config.use_fast_path = False
+
+        class Wrapper(torch.nn.Module):
+            def __init__(self, inner):
+                super().__init__()
+                self.inner = inner
+
+            def forward(self, input_ids, attention_mask):
+                return self.inner(input_ids=input_ids, attention_mask=attention_mask).sentence_embedding
+
+        length = max(model.config.attention_window) + 44  # longer than the window: the sliding mask is traced
+        input_ids = torch.full((2, length), 5, dtype=torch.long)
+        attention_mask = torch.ones(2, length, dtype=torch.long)
+        attention_mask[1, length // 2 :] = 0  # padding: the padding mask is traced
+        torch.onnx.export(Wrapper(model), (input_ids, attention_mask), str(path), dynamo=False, opset_version=17,
+                          input_names=["input_ids", "attention_mask"], output_names=["sentence_embedding"],
+                          dynamic_axes={"input_ids": {0: "batch", 1: "length"}, "attention_mask": {0: "batch", 1: "length"}})  # fmt: skip
+    options = onnxruntime.SessionOptions()
+    options.intra_op_num_threads = torch.get_num_threads()
+    session = onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    del model
+
+    def run(texts, batch_size=32):
+        ids = tokenizer(texts, truncation=True, max_length=ctx["max_length"])["input_ids"]
+        order = sorted(range(len(texts)), key=lambda i: -len(ids[i]))
+        output = np.empty((len(texts), session.get_outputs()[0].shape[-1] or 768), dtype=np.float32)
+        for start in range(0, len(order), batch_size):
+            rows = order[start : start + batch_size]
+            length = max(len(ids[i]) for i in rows)
+            input_ids = np.zeros((len(rows), length), dtype=np.int64)
+            attention_mask = np.zeros((len(rows), length), dtype=np.int64)
+            for r, i in enumerate(rows):
+                input_ids[r, : len(ids[i])], attention_mask[r, : len(ids[i])] = ids[i], 1
+            result = session.run(None, {"input_ids": input_ids, "attention_mask": attention_mask})[0]
+            if output.shape[1] != result.shape[1]:
+                output = np.empty((len(texts), result.shape[1]), dtype=np.float32)
+            output[rows] = result
+        return output
+
+    return run
+
+
+SYSTEMS = {
+    "sentence-transformers": load_sentence_transformers,
+    "transformers-native": load_native,
+    "onnxruntime fp32": load_onnx,
+    "ours: token sort only (reference path; 32/batch)": lambda ctx: load_ours(ctx, fast=False, batch_size=32),
+    "ours: + fast path (32/batch)": lambda ctx: load_ours(ctx, batch_size=32),
+    "ours (encode defaults: + token budget)": load_ours,
+    "ours int8 (down_proj fp32)": lambda ctx: load_ours(ctx, quantize="int8"),
+    "ours int8 (all layers)": lambda ctx: load_ours(ctx, quantize="int8", skip=()),
+}
+BASELINE = "sentence-transformers"
+FAST = "ours (encode defaults: + token budget)"
+REFERENCE_PATH = "ours: token sort only (reference path; 32/batch)"
+
+
+def prepare(args) -> dict:
     from convert_checkpoint import convert
 
     work = Path(tempfile.mkdtemp(prefix="bench-inference-"))
@@ -50,58 +211,151 @@ def main() -> int:
 
         source = str(work / "st")
         build_tiny_sentence_transformer(source)
-        print("model: a tiny random model (overheads only)")
-    ours_dir = convert(source, work / "ours", matryoshka_dims=None if args.reference and not args.smoke else [48],
-                       verify_output=False)  # fmt: skip
-    st = SentenceTransformer(source, device="cpu")
-    ours = AutoModel.from_pretrained(ours_dir, trust_remote_code=True).eval()
-    native = Gemma3TextModel.from_pretrained(source, attn_implementation="sdpa").eval()
-    dense = [m.linear for m in list(st)[2:] if hasattr(m, "linear")]
-    tokenizer = st.tokenizer
-    max_length = st.max_seq_length  # 2,048 for the real model
+    smoke = not args.reference or args.smoke
+    ours = convert(source, work / "ours", matryoshka_dims=[48] if smoke else None, verify_output=False)
+    max_length = json.loads((Path(ours) / "config.json").read_text())["max_position_embeddings"]
+    return {"source": str(source), "ours": str(ours), "work": str(work), "smoke": smoke, "max_length": max_length}
 
-    @torch.no_grad()
-    def run_native(texts, batch_size=32):
-        outputs = []
-        for start in range(0, len(texts), batch_size):
-            batch = tokenizer(texts[start : start + batch_size], padding=True, truncation=True, max_length=max_length,
-                              return_tensors="pt")  # fmt: skip
-            hidden = native(**batch).last_hidden_state
-            mask = batch["attention_mask"][..., None].float()
-            pooled = (hidden * mask).sum(1) / mask.sum(1)
-            for layer in dense:
-                pooled = layer(pooled)
-            outputs.append(F.normalize(pooled, dim=-1))
-        return torch.cat(outputs).numpy()
 
-    systems = {
-        "sentence-transformers": lambda texts: st.encode(texts, batch_size=32, convert_to_numpy=True),
-        "transformers-native": run_native,
-        "ours (encode)": lambda texts: ours.encode(texts, batch_size=32),
-    }
+def child(args) -> int:
+    """--rss: one system in a fresh process: load time, one encode of the mixed workload, peak RSS."""
+    ctx = json.loads(args.child_context)
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(ctx["ours"], trust_remote_code=True)
+    texts = workload("mixed", ctx["count"], tokenizer, np.random.default_rng(0))
+    started = time.perf_counter()
+    encode = SYSTEMS[args.child](ctx)
+    loaded = time.perf_counter() - started
+    encode(texts)
+    # VmHWM, not ru_maxrss: Linux carries ru_maxrss over from the parent across fork + exec.
+    status = Path("/proc/self/status").read_text() if Path("/proc/self/status").exists() else ""
+    hwm = [int(line.split()[1]) for line in status.splitlines() if line.startswith("VmHWM:")]
+    peak_mib = (hwm[0] if hwm else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) / 1024
+    print(json.dumps({"load_s": loaded, "peak_rss_mib": peak_mib}))
+    return 0
+
+
+def spearman_sts(first: np.ndarray, second: np.ndarray, gold: list[float], dims=(768, 256)) -> dict:
+    from scipy.stats import spearmanr
+
+    scores = {}
+    for dim in dims:
+        a = F.normalize(torch.from_numpy(first[:, :dim]), dim=-1)
+        b = F.normalize(torch.from_numpy(second[:, :dim]), dim=-1)
+        scores[dim] = 100 * spearmanr((a * b).sum(-1).numpy(), gold).statistic
+    return scores
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--reference", default=os.environ.get("EMBEDDINGGEMMA_REFERENCE"))
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--smoke", action="store_true")
+    parser.add_argument("--workloads", default="short,documents,mixed")
+    parser.add_argument("--systems", default=",".join(SYSTEMS), help="comma-separated names (default: all)")
+    parser.add_argument("--rss", action="store_true", help="also load time and peak RSS per system, each in a new process")
+    parser.add_argument("--sts", action="store_true", help="also STS-B Spearman for float32 and the int8 variants")
+    parser.add_argument("--child", help=argparse.SUPPRESS)
+    parser.add_argument("--child-context", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child:
+        return child(args)
+
+    names = [n.strip() for n in args.systems.split(",") if n.strip()]
+    unknown = [n for n in names if n not in SYSTEMS]
+    if unknown:
+        parser.error(f"unknown systems {unknown}; expected some of {list(SYSTEMS)}")
+    ctx = prepare(args)
+    if BASELINE not in names:
+        names.insert(0, BASELINE)
+    try:
+        import onnxruntime  # noqa: F401
+    except ImportError:
+        if "onnxruntime fp32" in names:
+            names.remove("onnxruntime fp32")
+            print("onnxruntime is not installed: `pip install onnxruntime onnx` to include it")
+    workloads = [w.strip() for w in args.workloads.split(",") if w.strip()]
+    encoders = {name: SYSTEMS[name](ctx) for name in names} if workloads else {}
+
+    from transformers import AutoModel, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(ctx["ours"], trust_remote_code=True)
+    reference_model = AutoModel.from_pretrained(ctx["ours"], trust_remote_code=True).eval()
+    print(f"model: {'a tiny random model (overheads only)' if ctx['smoke'] else ctx['source']}")
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {os.cpu_count()} CPUs, {platform_line()}")
+    ceiling = gemm_ceiling(reference_model)
+    del reference_model
     rng = np.random.default_rng(0)
-    counts = {"short": 8 if args.smoke else 256, "documents": 2 if args.smoke else 24, "mixed": 4 if args.smoke else 64}
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {os.cpu_count()} CPUs")
-    print("| workload | system | texts/s (median) | tokens/s (median) | range tokens/s | vs ST | min cosine vs ST |")
-    print("|---|---|---|---|---|---|---|")
-    for name, count in counts.items():
-        texts = workload(name, count, rng)
-        tokens = sum(len(ids) for ids in tokenizer(texts, truncation=True, max_length=max_length)["input_ids"])
-        times = {system: [] for system in systems}
+    counts = {"short": 16, "documents": 3, "mixed": 6} if ctx["smoke"] else {"short": 512, "documents": 10, "mixed": 24}
+    print(f"fp32 GEMM ceiling (the encoder's linear layers alone, 4,096 rows): {ceiling:.0f} tokens/s")
+    print()
+    print("| workload | system | texts/s (median) | tokens/s (median) | range tokens/s | vs ST | min cosine vs ST | "
+          "max abs vs ours reference path |")  # fmt: skip
+    print("|---|---|---|---|---|---|---|---|")
+    for name in workloads:
+        count = counts[name]
+        texts = workload(name, count, tokenizer, rng)
+        tokens = sum(len(ids) for ids in tokenizer(texts, truncation=True, max_length=ctx["max_length"])["input_ids"])
+        times = {system: [] for system in names}
         vectors = {}
         for _ in range(args.repeats):  # interleaved: each repeat runs every system once
-            for system, fn in systems.items():
+            for system in names:
                 started = time.perf_counter()
-                vectors[system] = fn(texts)
+                vectors[system] = encoders[system](texts)
                 times[system].append(time.perf_counter() - started)
-        base = statistics.median(times["sentence-transformers"])
-        for system in systems:
+        base = statistics.median(times[BASELINE])
+        label = f"{name} ({count} texts, {tokens} tokens)"
+        for system in names:
             median = statistics.median(times[system])
-            cosine = (vectors[system] * vectors["sentence-transformers"]).sum(-1).min()
+            cosine = (vectors[system] * vectors[BASELINE]).sum(-1).min()
+            exact = ""
+            if REFERENCE_PATH in vectors and system.startswith("ours") and "int8" not in system:
+                exact = f"{np.abs(vectors[system] - vectors[REFERENCE_PATH]).max():.1e}"
             low, high = tokens / max(times[system]), tokens / min(times[system])
-            print(f"| {name} ({count} texts, {tokens} tokens) | {system} | {count / median:.2f} | {tokens / median:.0f} | "
-                  f"{low:.0f}-{high:.0f} | {base / median:.2f}x | {cosine:.6f} |")  # fmt: skip
+            print(f"| {label} | {system} | {count / median:.2f} | {tokens / median:.0f} | {low:.0f}-{high:.0f} | "
+                  f"{base / median:.2f}x | {cosine:.6f} | {exact} |")  # fmt: skip
+        print(f"| {label} | fp32 GEMM ceiling (linear layers only, 4,096 rows) | | {ceiling:.0f} | | "
+              f"{ceiling / (tokens / base):.2f}x | | |")  # fmt: skip
+
+    if args.rss:
+        print("\n| system | load time (s) | peak RSS (MiB), load + one mixed-workload encode |\n|---|---|---|")
+        context = json.dumps({**ctx, "count": counts["mixed"]})
+        for system in names:
+            result = subprocess.run([sys.executable, __file__, "--child", system, "--child-context", context],
+                                    capture_output=True, text=True)  # fmt: skip
+            if result.returncode:
+                print(f"| {system} | failed: {result.stderr.strip().splitlines()[-1:]} | |")
+                continue
+            figures = json.loads(result.stdout.strip().splitlines()[-1])
+            print(f"| {system} | {figures['load_s']:.1f} | {figures['peak_rss_mib']:.0f} |")
+
+    if args.sts:
+        if not STSB.is_dir():
+            print("\n--sts needs ../shared/data/stsbenchmark")
+        else:
+            print("\n| system | STS-B test Spearman @768 | @256 | min cosine vs fp32 | mean cosine vs fp32 |\n|---|---|---|---|---|")
+            prompt = "task: sentence similarity | query: "
+            rows = read_stsb("test")
+            sentences = [prompt + s for a, b, _ in rows for s in (a, b)]
+            base_vectors = None
+            for system in [FAST, "ours int8 (down_proj fp32)", "ours int8 (all layers)"]:
+                vectors = (encoders.get(system) or SYSTEMS[system](ctx))(sentences)
+                scores = spearman_sts(vectors[0::2], vectors[1::2], [gold for _, _, gold in rows])
+                base_vectors = vectors if base_vectors is None else base_vectors
+                cosine = (vectors * base_vectors).sum(-1)
+                print(f"| {system} | {scores[768]:.2f} | {scores[256]:.2f} | {cosine.min():.5f} | {cosine.mean():.5f} |")
     return 0
+
+
+def platform_line() -> str:
+    try:
+        model = next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name"))
+    except (OSError, StopIteration):
+        model = "unknown CPU"
+    flags = open("/proc/cpuinfo").read() if os.path.exists("/proc/cpuinfo") else ""
+    isa = ", ".join(f for f in ("avx2", "fma", "avx512f", "avx512_bf16", "amx_bf16") if f" {f}" in flags)
+    return f"{model} ({isa})"
 
 
 if __name__ == "__main__":

@@ -1,0 +1,225 @@
+"""The fast path (packed real tokens, attention per sequence, band-only sliding attention, fewer-pass norms/rotary)
+against the reference path (padded batch, one mask per layer type) on the same model: float32 max abs <= 1e-5.
+The reference path itself is checked against transformers' Gemma 3 and sentence-transformers in test_modeling.py.
+Also: when the fast path applies, the int8 option, the token budget of encode."""
+
+import numpy as np
+import pytest
+import torch
+
+import modeling_embeddinggemma
+from modeling_embeddinggemma import EmbeddingGemmaModel, Int8Linear, PackedBatch, quantize_int8, token_length_batches
+from test_modeling import make_batch, tiny_model
+
+
+ATOL = 1e-5  # float32
+BF16_ATOL = 2e-2  # bfloat16 sentence embeddings: both paths round differently (3 significant digits)
+
+
+def both_paths(model, **inputs):
+    """(fast, reference) outputs of one model on one batch."""
+    with torch.no_grad():
+        model.config.use_fast_path = True
+        fast = model(**inputs)
+        model.config.use_fast_path = False
+        reference = model(**inputs)
+        model.config.use_fast_path = True
+    return fast, reference
+
+
+def assert_paths_agree(model, input_ids, attention_mask, atol=ATOL, **kwargs):
+    fast, reference = both_paths(model, input_ids=input_ids, attention_mask=attention_mask, **kwargs)
+    real = attention_mask.bool()
+    torch.testing.assert_close(fast.sentence_embedding, reference.sentence_embedding, atol=atol, rtol=0)
+    # Hidden states grow to O(10) here; compare them relative to their scale. Padding rows carry no meaning.
+    scale = reference.last_hidden_state[real].abs().max()
+    torch.testing.assert_close(fast.last_hidden_state[real] / scale, reference.last_hidden_state[real] / scale,
+                               atol=atol, rtol=0)  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    "lengths",
+    [
+        [16, 9, 3, 12],  # mixed, longer than the +-2 window
+        [40, 40, 33, 7, 7, 7, 1],  # runs of equal lengths share one attention call; a one-token text
+        [21, 21, 21],  # no padding at all
+    ],
+)
+@pytest.mark.parametrize("band_block", [4, 128])  # 4: sliding layers attend band by band; 128: one masked block
+def test_fast_path_equals_reference_path(lengths, band_block, monkeypatch):
+    monkeypatch.setattr(modeling_embeddinggemma, "BAND_BLOCK", band_block)
+    model = tiny_model()
+    input_ids, attention_mask = make_batch(lengths)
+    assert_paths_agree(model, input_ids, attention_mask)
+    assert_paths_agree(model, input_ids, attention_mask, truncate_dim=32)
+
+
+def test_fast_path_handles_left_and_middle_padding(monkeypatch):
+    monkeypatch.setattr(modeling_embeddinggemma, "BAND_BLOCK", 4)
+    model = tiny_model()
+    input_ids, attention_mask = make_batch([16, 9, 3, 12])
+    left_ids, left_mask = input_ids.clone(), attention_mask.clone()
+    for row in range(len(left_ids)):  # move the padding to the left of each row
+        n = int(attention_mask[row].sum())
+        left_ids[row] = torch.cat([input_ids[row, n:], input_ids[row, :n]])
+        left_mask[row] = torch.cat([attention_mask[row, n:], attention_mask[row, :n]])
+    assert_paths_agree(model, left_ids, left_mask)
+    middle_mask = attention_mask.clone()
+    middle_mask[0, 5:8] = 0  # holes inside a text
+    assert_paths_agree(model, input_ids, middle_mask)
+    # and the fast path gives each text what it gives it alone
+    fast_left, _ = both_paths(model, input_ids=left_ids, attention_mask=left_mask)
+    fast_right, _ = both_paths(model, input_ids=input_ids, attention_mask=attention_mask)
+    torch.testing.assert_close(fast_left.sentence_embedding, fast_right.sentence_embedding, atol=ATOL, rtol=0)
+
+
+def test_fast_path_with_inputs_embeds_leaves_them_untouched():
+    model = tiny_model()
+    input_ids, _ = make_batch([12, 12])
+    embeds = model.get_input_embeddings()(input_ids)
+    copy = embeds.clone()
+    with torch.no_grad():
+        from_embeds = model(inputs_embeds=embeds).sentence_embedding
+        from_ids = model(input_ids=input_ids).sentence_embedding
+    assert torch.equal(embeds, copy)  # the residual stream is updated in place, on a copy
+    torch.testing.assert_close(from_embeds, from_ids, atol=ATOL, rtol=0)
+
+
+def test_fast_path_runs_only_where_it_applies(monkeypatch):
+    model = tiny_model()
+    calls = []
+    original = model.model.packed_forward
+    monkeypatch.setattr(model.model, "packed_forward", lambda *a, **k: calls.append(1) or original(*a, **k))
+    input_ids, attention_mask = make_batch()
+    with torch.no_grad():
+        model(input_ids=input_ids, attention_mask=attention_mask)
+        assert len(calls) == 1  # inference: the fast path
+        model(input_ids=input_ids, attention_mask=attention_mask, output_hidden_states=True)
+        model(input_ids=input_ids, attention_mask=attention_mask, output_attentions=True)
+        model(input_ids=input_ids, attention_mask=attention_mask, position_ids=torch.arange(input_ids.shape[1])[None])
+        model.config.use_fast_path = False
+        model(input_ids=input_ids, attention_mask=attention_mask)
+        model.config.use_fast_path = True
+        model.config._attn_implementation = "eager"
+        model(input_ids=input_ids, attention_mask=attention_mask)
+        model.config._attn_implementation = "sdpa"
+        model.train()
+        model(input_ids=input_ids, attention_mask=attention_mask)
+    assert len(calls) == 1  # none of those took it
+
+
+def test_fast_path_gradients_match_the_reference_path():
+    model = tiny_model()  # eval mode, but with autograd on: the fast path must not update anything in place
+    input_ids, attention_mask = make_batch([16, 9])
+    grads = []
+    for fast in (True, False):
+        model.config.use_fast_path = fast
+        model.zero_grad()
+        model(input_ids=input_ids, attention_mask=attention_mask).sentence_embedding.sum().backward()
+        grads.append(model.model.layers[0].mlp.up_proj.weight.grad.clone())
+    model.config.use_fast_path = True
+    torch.testing.assert_close(grads[0], grads[1], atol=1e-5, rtol=1e-4)
+
+
+def test_fast_path_bfloat16_stays_close_to_the_reference_path():
+    model = tiny_model().to(torch.bfloat16)
+    input_ids, attention_mask = make_batch()
+    fast, reference = both_paths(model, input_ids=input_ids, attention_mask=attention_mask)
+    torch.testing.assert_close(fast.sentence_embedding.float(), reference.sentence_embedding.float(), atol=BF16_ATOL,
+                               rtol=0)  # fmt: skip
+
+
+def test_packed_batch_layout():
+    mask = torch.tensor([[1, 1, 1, 0], [0, 1, 1, 0], [1, 1, 1, 1], [0, 0, 0, 0]], dtype=torch.bool)
+    packed = PackedBatch.from_padding_mask(mask)
+    assert packed.lengths.tolist() == [3, 2, 4, 0]
+    assert packed.positions.tolist() == [0, 1, 2, 0, 1, 0, 1, 2, 3]
+    assert packed.sequence_ids.tolist() == [0, 0, 0, 1, 1, 2, 2, 2, 2]
+    assert packed.groups == [(0, 1, 3), (3, 1, 2), (5, 1, 4)]
+    values = torch.arange(16.0).reshape(4, 4)
+    assert packed.unpack(packed.pack(values)).tolist() == (values * mask).tolist()
+    assert PackedBatch.from_padding_mask(torch.ones(3, 5, dtype=torch.bool)).groups == [(0, 3, 5)]
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device here; the GPU path is checked on one")
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_fast_path_on_gpu(dtype):
+    model = tiny_model().to("cuda", dtype)
+    input_ids, attention_mask = make_batch([40, 33, 7, 1])
+    assert_paths_agree(model, input_ids.cuda(), attention_mask.cuda(), atol=ATOL if dtype == torch.float32 else BF16_ATOL)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# int8
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def test_int8_keeps_the_embeddings_and_reports_agreement(capsys):
+    model = tiny_model()
+    input_ids, attention_mask = make_batch([16, 9, 3, 12])
+    with torch.no_grad():
+        expected = model(input_ids=input_ids, attention_mask=attention_mask).sentence_embedding
+        quantize_int8(model)
+        got = model(input_ids=input_ids, attention_mask=attention_mask).sentence_embedding
+        model.config.use_fast_path = False
+        got_reference_path = model(input_ids=input_ids, attention_mask=attention_mask).sentence_embedding
+    cosine = (got * expected).sum(-1)
+    print(f"int8 vs float32: min cosine {cosine.min():.5f}, mean {cosine.mean():.5f}")
+    assert cosine.min() > 0.99
+    torch.testing.assert_close(got, got_reference_path, atol=ATOL, rtol=0)  # both paths use the same int8 products
+    layer = model.model.layers[0]
+    assert isinstance(layer.self_attn.qkv_proj, Int8Linear) and isinstance(layer.mlp.gate_up_proj, Int8Linear)
+    assert isinstance(layer.mlp.down_proj, torch.nn.Linear)  # kept in float32 by default
+    assert isinstance(model.dense[0], torch.nn.Linear)  # the head too
+
+
+def test_int8_changes_the_output_a_little_not_at_all_or_a_lot():
+    """Guards the test above: int8 really runs (outputs differ) and skip=() quantizes every layer."""
+    model = tiny_model()
+    input_ids, attention_mask = make_batch()
+    with torch.no_grad():
+        expected = model(input_ids=input_ids, attention_mask=attention_mask).sentence_embedding
+        quantize_int8(model, skip=())
+        got = model(input_ids=input_ids, attention_mask=attention_mask).sentence_embedding
+    assert 1e-6 < (got - expected).abs().max() < 0.2
+    assert isinstance(model.model.layers[0].mlp.down_proj, Int8Linear)
+
+
+def test_int8_at_load_and_refused_when_saving(tiny_converted_dir, tmp_path):
+    model = EmbeddingGemmaModel.from_pretrained(tiny_converted_dir, quantize="int8")
+    assert isinstance(model.model.layers[0].self_attn.qkv_proj, Int8Linear)
+    vectors = model.encode(["a dog", "the red planet"])
+    assert vectors.shape == (2, model.config.embedding_dim) and np.isfinite(vectors).all()
+    with pytest.raises(ValueError, match="cannot be saved"):
+        model.save_pretrained(tmp_path / "int8")
+    assert not (tmp_path / "int8").exists() or not any((tmp_path / "int8").iterdir())
+    with pytest.raises(ValueError, match="quantize='int4' is not supported"):
+        EmbeddingGemmaModel.from_pretrained(tiny_converted_dir, quantize="int4")
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# encode's token budget
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def test_token_budget_batches():
+    assert token_length_batches([10] * 10, batch_size=None, max_batch_tokens=40) == [4, 4, 2]
+    assert token_length_batches([3] * 100, batch_size=None, max_batch_tokens=4096) == [100]
+    assert token_length_batches([3] * 100, batch_size=32, max_batch_tokens=4096) == [32, 32, 32, 4]
+    assert token_length_batches([5000, 10], batch_size=None, max_batch_tokens=4096) == [1, 1]
+
+
+def test_encode_default_batches_by_tokens(tiny_converted_dir, monkeypatch):
+    model = EmbeddingGemmaModel.from_pretrained(tiny_converted_dir)
+    texts = ["a dog"] * 50 + ["the man is playing guitar on the red planet mars in the blue sky"] * 5
+    sizes = []
+    original = model.forward
+    monkeypatch.setattr(model, "forward", lambda **k: sizes.append(tuple(k["input_ids"].shape)) or original(**k))
+    first = model.encode(texts)
+    assert len(sizes) == 1 and sizes[0][0] == 55  # one batch: far below 4,096 tokens, and no count limit
+    sizes.clear()
+    second = model.encode(texts, max_batch_tokens=60)
+    assert len(sizes) > 1 and all(rows * length <= 60 for rows, length in sizes)  # rows x longest
+    np.testing.assert_allclose(first, second, atol=ATOL)
+    with pytest.raises(ValueError, match="max_batch_tokens=0 must be a positive int"):
+        model.encode(texts, max_batch_tokens=0)
