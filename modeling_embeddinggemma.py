@@ -745,7 +745,11 @@ class EmbeddingGemmaTextModel(EmbeddingGemmaPreTrainedModel):
             inputs_embeds = self.embed_tokens(input_ids)
         if inputs_embeds.dtype == torch.float16:
             raise ValueError(FLOAT16_ERROR)
-        if inputs_embeds.dim() != 3 or 0 in inputs_embeds.shape[:2]:
+        if inputs_embeds.dim() != 3:
+            raise ValueError(
+                f"inputs_embeds has shape {tuple(inputs_embeds.shape)}; expected (batch, length, hidden_size)."
+            )
+        if 0 in inputs_embeds.shape[:2]:
             raise ValueError(
                 f"Got an empty batch of shape {tuple(inputs_embeds.shape[:2])}; pass at least one text of at least "
                 "one token."
