@@ -495,10 +495,8 @@ def packed_attention(query, key, value, packed: PackedBatch, window, scaling) ->
         k = key[start:stop].view(rows, length, kv_heads, head_dim).transpose(1, 2)  # (rows, n_kv, length, hd)
         v = value[start:stop].view(rows, length, kv_heads, head_dim).transpose(1, 2)
         out = output[start:stop].view(rows, length, kv_heads, group, head_dim)
-        if window is None or length <= min(window) + 1:  # every pair is visible
-            blocks = [(0, length, 0, length)]
-        elif length <= BAND_BLOCK + window[0] + window[1]:  # the band is nearly everything: mask it
-            blocks = [(0, length, 0, length)]
+        if window is None or length <= BAND_BLOCK + window[0] + window[1]:
+            blocks = [(0, length, 0, length)]  # the band is (nearly) everything: one call, masked if need be
         else:
             blocks = [
                 (first, min(first + BAND_BLOCK, length), max(0, first - window[0]),
@@ -598,6 +596,7 @@ def quantize_int8(model: nn.Module, skip: tuple[str, ...] = INT8_SKIP_DEFAULT) -
         raise ValueError("quantize_int8 is for CPU inference; move the model to the CPU first (`model.to('cpu')`).")
     if "x86" in engines:
         torch.backends.quantized.engine = "x86"
+
     def skipped(name):
         return any(name.endswith(suffix) for suffix in skip)
 
@@ -606,13 +605,13 @@ def quantize_int8(model: nn.Module, skip: tuple[str, ...] = INT8_SKIP_DEFAULT) -
         attention, mlp = layer.self_attn, layer.mlp
         # Projections that read the same input share one product (and one quantization of that input).
         fused = [
-            (attention, "qkv_proj", ("q_proj", "k_proj", "v_proj")),
-            (attention, "o_proj", ("o_proj",)),
-            (mlp, "gate_up_proj", ("gate_proj", "up_proj")),
-            (mlp, "down_proj", ("down_proj",)),
+            (attention, "self_attn", "qkv_proj", ("q_proj", "k_proj", "v_proj")),
+            (attention, "self_attn", "o_proj", ("o_proj",)),
+            (mlp, "mlp", "gate_up_proj", ("gate_proj", "up_proj")),
+            (mlp, "mlp", "down_proj", ("down_proj",)),
         ]
-        for module, fused_name, names in fused:
-            if any(skipped(f"self_attn.{n}") or skipped(f"mlp.{n}") for n in names):
+        for module, prefix, fused_name, names in fused:
+            if any(skipped(f"{prefix}.{n}") for n in names):
                 continue
             linears = [getattr(module, n) for n in names]
             if not all(isinstance(linear, nn.Linear) for linear in linears):
@@ -700,8 +699,8 @@ class EmbeddingGemmaTextModel(EmbeddingGemmaPreTrainedModel):
             output = BaseModelOutput(last_hidden_state=packed.unpack(hidden_states))
             return output if return_dict is not False else output.to_tuple()
 
+        batch, length = self._input_shape(input_ids, inputs_embeds)
         inputs_embeds = self._embed(input_ids, inputs_embeds)
-        batch, length = inputs_embeds.shape[:2]
         padding_mask = _padding_mask(attention_mask, batch, length, inputs_embeds.device)
         if position_ids is None:
             # Real tokens are numbered 0, 1, 2, ... whatever padding sits between them.
@@ -738,22 +737,29 @@ class EmbeddingGemmaTextModel(EmbeddingGemmaPreTrainedModel):
         )
         return output if return_dict is not False else output.to_tuple()
 
-    def _embed(self, input_ids, inputs_embeds) -> torch.Tensor:
+    @staticmethod
+    def _input_shape(input_ids, inputs_embeds) -> tuple[int, int]:
+        """(batch, length) of the inputs, with a clear error for a missing, doubled, misshapen or empty batch."""
         if (input_ids is None) == (inputs_embeds is None):
             raise ValueError("Pass exactly one of input_ids or inputs_embeds.")
+        name, inputs, expected = (
+            ("input_ids", input_ids, "(batch, length)") if input_ids is not None
+            else ("inputs_embeds", inputs_embeds, "(batch, length, hidden_size)")
+        )  # fmt: skip
+        if inputs.dim() != expected.count(",") + 1:
+            raise ValueError(f"{name} has shape {tuple(inputs.shape)}; expected {expected}.")
+        if 0 in inputs.shape[:2]:
+            raise ValueError(
+                f"Got an empty batch of shape {tuple(inputs.shape[:2])}; pass at least one text of at least one token."
+            )
+        return tuple(inputs.shape[:2])
+
+    def _embed(self, input_ids, inputs_embeds) -> torch.Tensor:
+        """The scaled token embeddings of `input_ids`, or `inputs_embeds`; float16 is refused."""
         if inputs_embeds is None:
             inputs_embeds = self.embed_tokens(input_ids)
         if inputs_embeds.dtype == torch.float16:
             raise ValueError(FLOAT16_ERROR)
-        if inputs_embeds.dim() != 3:
-            raise ValueError(
-                f"inputs_embeds has shape {tuple(inputs_embeds.shape)}; expected (batch, length, hidden_size)."
-            )
-        if 0 in inputs_embeds.shape[:2]:
-            raise ValueError(
-                f"Got an empty batch of shape {tuple(inputs_embeds.shape[:2])}; pass at least one text of at least "
-                "one token."
-            )
         return inputs_embeds
 
     def uses_fast_path(self, position_ids=None, output_hidden_states=None, output_attentions=None) -> bool:
@@ -772,23 +778,13 @@ class EmbeddingGemmaTextModel(EmbeddingGemmaPreTrainedModel):
     def packed_forward(self, input_ids=None, attention_mask=None, inputs_embeds=None):
         """The encoder on the real tokens only: returns the final hidden states packed, (T, hidden), and the
         `PackedBatch` that says where they sit in the padded batch (`packed.unpack(...)` gives (B, L, hidden))."""
-        if (input_ids is None) == (inputs_embeds is None):
-            raise ValueError("Pass exactly one of input_ids or inputs_embeds.")
-        reference = input_ids if input_ids is not None else inputs_embeds
-        if reference.dim() < 2 or 0 in reference.shape[:2]:
-            raise ValueError(
-                f"Got an empty batch of shape {tuple(reference.shape[:2])}; pass at least one text of at least one "
-                "token."
-            )
-        batch, length = reference.shape[:2]
-        padding_mask = _padding_mask(attention_mask, batch, length, reference.device)
-        packed = PackedBatch.from_padding_mask(padding_mask)
+        batch, length = self._input_shape(input_ids, inputs_embeds)
+        device = (input_ids if input_ids is not None else inputs_embeds).device
+        packed = PackedBatch.from_padding_mask(_padding_mask(attention_mask, batch, length, device))
         if input_ids is not None:  # embed only the real tokens
-            hidden_states = self.embed_tokens(packed.pack(input_ids))
-            if hidden_states.dtype == torch.float16:
-                raise ValueError(FLOAT16_ERROR)
+            hidden_states = self._embed(packed.pack(input_ids), None)
         else:  # a copy: the residual stream is updated in place
-            hidden_states = packed.pack(self._embed(None, inputs_embeds)).clone()
+            hidden_states = self._embed(None, packed.pack(inputs_embeds).clone())
         windows = {"full_attention": None, "sliding_attention": self.config.attention_window}
         position_embeddings = {t: self.rotary_emb(hidden_states, packed.positions, t) for t in set(self.config.layer_types)}
         for layer in self.layers:
