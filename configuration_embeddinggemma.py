@@ -36,7 +36,19 @@ CUSTOM_PIPELINES = {
 }
 
 LAYER_TYPES = ("sliding_attention", "full_attention")
-POOLING_MODES = ("mean",)
+# sentence-transformers' Pooling modes that need no extra weights; EmbeddingGemma uses "mean".
+POOLING_MODES = ("mean", "max", "cls", "lasttoken", "mean_sqrt_len_tokens", "weightedmean")
+
+# `config.json`'s model_type. When transformers' own Gemma 3 reads the encoder exactly (the EmbeddingGemma window,
+# QK-norm, no softcapping, no RoPE scaling), the folder says "gemma3_text" with `use_bidirectional_attention: true`,
+# as google/embeddinggemma-300m does: `AutoTokenizer` and every tool that knows Gemma 3 (TEI, vLLM, llama.cpp's
+# converter) then read it without our code and without a trust_remote_code prompt, while `auto_map` gives
+# `AutoModel.from_pretrained(..., trust_remote_code=True)` this package's model. Other encoders (T5Gemma windows,
+# softcapping, no QK-norm, scaled RoPE) would be read wrongly by Gemma 3's code, so they say "embeddinggemma",
+# which only our code reads.
+MODEL_TYPE = "embeddinggemma"
+NATIVE_MODEL_TYPE = "gemma3_text"
+MODEL_TYPES = (MODEL_TYPE, NATIVE_MODEL_TYPE)
 
 # How the declared `sliding_window` W becomes the keys a query i may see, as inclusive (left, right) distances.
 #   embeddinggemma: transformers' Gemma 3 with use_bidirectional_attention keeps |i - j| < W // 2 + 1,
@@ -69,7 +81,8 @@ class EmbeddingGemmaConfig(PretrainedConfig):
         attn_logit_softcapping (`float`, *optional*): tanh softcapping of attention logits (T5Gemma v1: 50.0).
 
     Head (sentence-transformers Pooling -> Dense -> Dense -> Normalize):
-        pooling_mode (`str`): "mean" over non-padding tokens, the prompt included.
+        pooling_mode (`str`): how token states become one vector, over real tokens, the prompt included: "mean"
+            (EmbeddingGemma), or one of sentence-transformers' other weight-free modes in `POOLING_MODES`.
         dense_out_features (`list[int]`): output size of each Dense layer, applied in order ([3072, 768]).
         dense_bias (`bool`): whether the Dense layers have a bias (False).
         dense_activation (`str`): activation after each Dense layer, "identity" or a transformers activation name.
@@ -80,13 +93,14 @@ class EmbeddingGemmaConfig(PretrainedConfig):
         document_title_template (`str`): how a document prompt with a title is written.
 
     Inference:
-        use_fast_path (`bool`): in inference (eval mode, SDPA attention, default positions, no per-layer outputs),
-            run only the real tokens of a batch ("packed"), attention per sequence, and on long inputs only the band
-            of keys the sliding window keeps. Same result as the reference path to float32 rounding (tested to
-            1e-5); False forces the reference path (padded batch, one mask per layer type).
+        use_fast_path (`bool`): in inference (eval mode, SDPA attention, default positions, no per-layer outputs, not
+            under trace, export or compile), run only the real tokens of a batch ("packed"), attention per sequence,
+            and on long inputs only the band of keys the sliding window keeps. Same result as the reference path to
+            float32 rounding (tested to 1e-5); False forces the reference path (padded batch, transformers' attention
+            interface). See docs/architecture.md.
     """
 
-    model_type = "embeddinggemma"
+    model_type = MODEL_TYPE
 
     def __init__(
         self,
@@ -168,8 +182,35 @@ class EmbeddingGemmaConfig(PretrainedConfig):
         self.use_fast_path = use_fast_path
 
         kwargs.setdefault("custom_pipelines", CUSTOM_PIPELINES)
+        kwargs.pop("use_bidirectional_attention", None)  # written for Gemma 3's reader; always true here
         self.check_fields()  # before transformers' own validators, whose messages are less specific
         super().__init__(pad_token_id=pad_token_id, bos_token_id=bos_token_id, eos_token_id=eos_token_id, **kwargs)
+
+    @classmethod
+    def get_config_dict(cls, *args, **kwargs):
+        """transformers' reader, taking both model types this class writes (see `MODEL_TYPE`) as its own, so that
+        loading a "gemma3_text" folder with this class does not warn about a type mismatch."""
+        config_dict, kwargs = super().get_config_dict(*args, **kwargs)
+        if config_dict.get("model_type") in MODEL_TYPES:
+            config_dict["model_type"] = cls.model_type
+        return config_dict, kwargs
+
+    @property
+    def gemma3_reads_exactly(self) -> bool:
+        """Whether transformers' Gemma3TextModel(use_bidirectional_attention=True) computes this encoder exactly."""
+        return (
+            self.sliding_window_convention == "embeddinggemma"
+            and self.use_qk_norm
+            and self.attn_logit_softcapping is None
+            and self.rope_linear_factor == 1.0
+        )
+
+    def to_dict(self) -> dict:
+        output = super().to_dict()
+        if self.gemma3_reads_exactly:
+            output["model_type"] = NATIVE_MODEL_TYPE
+            output["use_bidirectional_attention"] = True
+        return output
 
     def check_fields(self):
         """Checks the fields that the model relies on; each error says what was wrong and what is expected."""
@@ -191,7 +232,9 @@ class EmbeddingGemmaConfig(PretrainedConfig):
                 f"sliding_window_convention={self.sliding_window_convention!r} is not supported; "
                 f"expected one of {SLIDING_WINDOW_CONVENTIONS}."
             )
-        if "sliding_attention" in self.layer_types and not (isinstance(self.sliding_window, int) and self.sliding_window > 0):
+        if "sliding_attention" in self.layer_types and not (
+            isinstance(self.sliding_window, int) and not isinstance(self.sliding_window, bool) and self.sliding_window > 0
+        ):
             raise ValueError(f"sliding_window={self.sliding_window!r} must be a positive int when layers slide.")
         if self.pooling_mode not in POOLING_MODES:
             raise ValueError(f"pooling_mode={self.pooling_mode!r} is not supported; expected one of {POOLING_MODES}.")

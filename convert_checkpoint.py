@@ -31,12 +31,10 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 
-from configuration_embeddinggemma import EmbeddingGemmaConfig
-from modeling_embeddinggemma import EmbeddingGemmaModel, mean_pool
+from configuration_embeddinggemma import MODEL_TYPES, POOLING_MODES, EmbeddingGemmaConfig
+from modeling_embeddinggemma import EmbeddingGemmaModel, pool
 
 
-SOURCES = ("sentence-transformers", "gemma3", "t5gemma", "t5gemma2", "embeddinggemma")
-TARGETS = ("embeddinggemma", "sentence-transformers")
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 HEAD_INITS = ("identity", "random")
 ALLOW_PATTERNS = ["*.json", "*.safetensors", "tokenizer.model", "*/config.json", "*/*.safetensors"]
@@ -127,6 +125,26 @@ def source_config(path: Path, kind: str, model_types: tuple[str, ...], hint: str
             f"{folder}/config.json has model_type={config.get('model_type')!r}; --from {kind} takes {hint}"
         )
     return folder, config
+
+
+def is_embeddinggemma_config(config: dict) -> bool:
+    """Whether a config.json was written by this package (EmbeddingGemmaModel.save_pretrained or this converter),
+    whatever model_type it declares (see configuration_embeddinggemma.MODEL_TYPE)."""
+    auto_model = (config.get("auto_map") or {}).get("AutoModel", "")
+    return (
+        config.get("model_type") == "embeddinggemma"
+        or "EmbeddingGemmaModel" in (config.get("architectures") or [])
+        or auto_model.endswith("EmbeddingGemmaModel")
+    )
+
+
+def refuse_embeddinggemma_folder(folder: Path, config: dict, kind: str) -> None:
+    if is_embeddinggemma_config(config):
+        raise ConversionError(
+            f"{folder} is an EmbeddingGemma folder written by this package (config.json has architectures="
+            f"{config.get('architectures')}), not a {kind} checkpoint; convert it with --from embeddinggemma, which "
+            "keeps its trained head."
+        )
 
 
 def load_safetensors(folder: Path, what: str) -> dict[str, torch.Tensor]:
@@ -275,16 +293,17 @@ def read_sentence_transformers(path: Path, name: str, **_) -> Source:
         )
     transformer_dir = folder / modules[0].get("path", "")
     backbone = read_json(transformer_dir / "config.json")
+    refuse_embeddinggemma_folder(folder, backbone, "sentence-transformers (google/embeddinggemma-300m layout)")
     if backbone.get("model_type") != "gemma3_text":
-        hint = " A folder written by this converter: use --from embeddinggemma." if backbone.get("model_type") == "embeddinggemma" else ""
         raise ConversionError(
             f"{transformer_dir}/config.json has model_type={backbone.get('model_type')!r} and architectures="
             f"{backbone.get('architectures')}; expected a Gemma 3 text encoder (model_type 'gemma3_text', "
-            f"Gemma3TextModel). For a Gemma 3 decoder use --from gemma3; for T5Gemma use --from t5gemma or t5gemma2.{hint}"
+            f"Gemma3TextModel). For a Gemma 3 decoder use --from gemma3; for T5Gemma use --from t5gemma or t5gemma2."
         )
     fields = {**encoder_fields(backbone, config_defaults("Gemma3TextConfig")), **rope_fields(backbone)}
 
     dense_out_features, dense_bias, dense_activation, head_state, normalize = [], None, None, {}, False
+    pooling_mode = "mean"
     for module, kind in zip(modules[1:], kinds[1:]):
         module_dir = folder / module.get("path", "")
         if kind == "Pooling":
@@ -293,8 +312,15 @@ def read_sentence_transformers(path: Path, name: str, **_) -> Source:
             if mode is None:
                 mode = [k[len("pooling_mode_") :] for k, v in pooling.items() if k.startswith("pooling_mode_") and v]
                 mode = mode[0] if len(mode) == 1 else mode
-            if mode not in ("mean", "mean_tokens", ["mean"]):
-                raise ConversionError(f"{module_dir}/config.json pools with {mode!r}; EmbeddingGemma pools 'mean'.")
+            mode = {"mean_tokens": "mean", "cls_token": "cls", "max_tokens": "max", "weightedmean_tokens": "weightedmean"}.get(
+                mode[0] if isinstance(mode, list) and len(mode) == 1 else mode, mode
+            )  # fmt: skip
+            if mode not in POOLING_MODES:
+                raise ConversionError(
+                    f"{module_dir}/config.json pools with {mode!r}; expected one of {POOLING_MODES} (EmbeddingGemma: "
+                    "'mean')."
+                )
+            pooling_mode = mode
             if pooling.get("include_prompt", True) is False:
                 raise ConversionError(f"{module_dir}/config.json excludes the prompt; EmbeddingGemma pools it too.")
         elif kind == "Dense":
@@ -319,6 +345,7 @@ def read_sentence_transformers(path: Path, name: str, **_) -> Source:
 
     st_config = read_json(folder / "config_sentence_transformers.json") if (folder / "config_sentence_transformers.json").is_file() else {}
     fields.update(
+        pooling_mode=pooling_mode,
         dense_out_features=dense_out_features,
         dense_bias=bool(dense_bias),
         dense_activation=dense_activation or "identity",
@@ -350,19 +377,22 @@ def read_sentence_transformers(path: Path, name: str, **_) -> Source:
 
 def read_embeddinggemma(path: Path, name: str, **_) -> Source:
     """A folder written by this converter (or by EmbeddingGemmaModel.save_pretrained)."""
-    folder, config = source_config(path, "embeddinggemma", ("embeddinggemma",), "a folder written by this "
-                                   "converter (model_type 'embeddinggemma').")  # fmt: skip
+    folder, config = source_config(path, "embeddinggemma", MODEL_TYPES, "a folder written by this converter or by "
+                                   "EmbeddingGemmaModel.save_pretrained.")  # fmt: skip
+    if not is_embeddinggemma_config(config):
+        raise ConversionError(
+            f"{folder}/config.json is a plain {config.get('model_type')!r} model, not an EmbeddingGemma folder; for a "
+            "Gemma 3 decoder use --from gemma3, for google/embeddinggemma-300m --from sentence-transformers."
+        )
     parameters = inspect.signature(EmbeddingGemmaConfig.__init__).parameters
     fields = {key: value for key, value in config.items() if key in parameters and key != "self"}
     state_dict = load_safetensors(folder, "model")
 
-    def reference():
-        from transformers import AutoModel
-
-        model = AutoModel.from_pretrained(folder, trust_remote_code=True, dtype=torch.float32).eval()
+    def reference():  # this package's class, never the source folder's copy of the code
+        model = EmbeddingGemmaModel.from_pretrained(folder, dtype=torch.float32).eval()
         return lambda ids, mask: ("embedding", model(input_ids=ids, attention_mask=mask).sentence_embedding)
 
-    return Source("embeddinggemma", name, fields, state_dict, auto_tokenizer(folder, trust_remote_code=True), reference)
+    return Source("embeddinggemma", name, fields, state_dict, auto_tokenizer(folder), reference)
 
 
 def read_gemma3(path: Path, name: str, gguf_file: str | None = None, **_) -> Source:
@@ -373,6 +403,7 @@ def read_gemma3(path: Path, name: str, gguf_file: str | None = None, **_) -> Sou
         return read_gemma3_gguf(path, name, gguf_file)
     folder, config = source_config(path, "gemma3", ("gemma3", "gemma3_text"), "a Gemma 3 decoder (model_type "
                                    "'gemma3' or 'gemma3_text'). For T5Gemma use --from t5gemma or --from t5gemma2.")  # fmt: skip
+    refuse_embeddinggemma_folder(folder, config, "Gemma 3 decoder")
     text_config = config.get("text_config") or {} if config["model_type"] == "gemma3" else config
     fields = {**encoder_fields(text_config, config_defaults("Gemma3TextConfig")), **rope_fields(text_config)}
     weights = load_safetensors(folder, "model")
@@ -556,13 +587,6 @@ def read_t5gemma2(path: Path, name: str, **_) -> Source:
     return source
 
 
-READERS = {
-    "sentence-transformers": read_sentence_transformers,
-    "embeddinggemma": read_embeddinggemma,
-    "gemma3": read_gemma3,
-    "t5gemma": read_t5gemma,
-    "t5gemma2": read_t5gemma2,
-}
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -687,7 +711,7 @@ def agreement(actual: torch.Tensor, expected: torch.Tensor, attention_mask: torc
 
 
 @torch.no_grad()
-def verify(folder: Path, source: Source, tokenizer, dtype: torch.dtype) -> dict:
+def verify_embeddinggemma(folder: Path, source: Source, model: EmbeddingGemmaModel, tokenizer) -> dict:
     """Loads the written folder through AutoModel (remote code) and compares it with the source framework's own
     model on a few texts. Returns the figures; raises if they disagree beyond MIN_COSINE for the output dtype."""
     from transformers import AutoModel
@@ -696,7 +720,7 @@ def verify(folder: Path, source: Source, tokenizer, dtype: torch.dtype) -> dict:
         reference = source.reference()
     except ReferenceUnavailable as reason:
         return {"verified": False, "reason": str(reason)}
-    model = AutoModel.from_pretrained(folder, trust_remote_code=True, dtype=dtype).eval()
+    model = AutoModel.from_pretrained(folder, trust_remote_code=True, dtype=model.dtype).eval()  # the code written
     input_ids, attention_mask = verification_batch(tokenizer, model.config)
     ours = model(input_ids=input_ids, attention_mask=attention_mask)
     what, expected = reference(input_ids, attention_mask)
@@ -710,7 +734,7 @@ def verify(folder: Path, source: Source, tokenizer, dtype: torch.dtype) -> dict:
         # With the identity head the embedding is the normalised mean of the hidden states: its first D dims when
         # D < hidden, zero-padded to D when D > hidden.
         dim = model.config.embedding_dim
-        pooled = mean_pool(ours.last_hidden_state.float(), real)[:, :dim]
+        pooled = pool(ours.last_hidden_state.float(), real, model.config.pooling_mode)[:, :dim]
         pooled = F.normalize(F.pad(pooled, (0, dim - pooled.shape[-1])), dim=-1)
         figures["identity_head_max_abs_diff"] = float((pooled - ours.sentence_embedding.float()).abs().max())
     threshold = MIN_COSINE[model.dtype]
@@ -754,7 +778,14 @@ def gemma3_text_config(config: EmbeddingGemmaConfig) -> dict:
     return out
 
 
-def write_sentence_transformers(folder: Path, model: EmbeddingGemmaModel, tokenizer) -> None:
+def write_embeddinggemma(folder: Path, model: EmbeddingGemmaModel, tokenizer) -> None:
+    """This package's folder: config, safetensors, tokenizer, code and the sentence-transformers view files, as
+    `EmbeddingGemmaModel.save_pretrained` writes them."""
+    model.tokenizer = tokenizer
+    model.save_pretrained(folder, safe_serialization=True)
+
+
+def export_sentence_transformers(folder: Path, model: EmbeddingGemmaModel, tokenizer) -> None:
     """google/embeddinggemma-300m's layout: bare Gemma3TextModel keys, 1_Pooling (verbose legacy schema), N_Dense,
     modules.json with the classic `sentence_transformers.models.*` paths, prompts."""
     config = model.config
@@ -763,14 +794,11 @@ def write_sentence_transformers(folder: Path, model: EmbeddingGemmaModel, tokeni
     save_file({k.removeprefix("model."): v.contiguous() for k, v in state.items() if k.startswith("model.")},
               folder / "model.safetensors", metadata={"format": "pt"})  # fmt: skip
     modules = [{"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"}]
+    modes = {"cls": "cls_token", "mean": "mean_tokens", "max": "max_tokens", "mean_sqrt_len_tokens": "mean_sqrt_len_tokens",
+             "weightedmean": "weightedmean_tokens", "lasttoken": "lasttoken"}  # fmt: skip
     pooling = {
         "word_embedding_dimension": config.hidden_size,
-        "pooling_mode_cls_token": False,
-        "pooling_mode_mean_tokens": True,
-        "pooling_mode_max_tokens": False,
-        "pooling_mode_mean_sqrt_len_tokens": False,
-        "pooling_mode_weightedmean_tokens": False,
-        "pooling_mode_lasttoken": False,
+        **{f"pooling_mode_{name}": mode == config.pooling_mode for mode, name in modes.items()},
         "include_prompt": True,
     }
     (folder / "1_Pooling").mkdir()
@@ -931,6 +959,52 @@ def _umask() -> int:
     return mask
 
 
+@torch.no_grad()
+def verify_sentence_transformers(folder: Path, source: Source, model: EmbeddingGemmaModel, tokenizer) -> dict:
+    """An exported sentence-transformers folder against our model."""
+    try:
+        from sentence_transformers import SentenceTransformer
+    except ImportError:
+        return {"verified": False, "reason": "sentence-transformers is not installed (pip install 'embeddinggemma[st]')"}
+    st = SentenceTransformer(str(folder), device="cpu", model_kwargs={"dtype": model.dtype})
+    input_ids, attention_mask = verification_batch(tokenizer, model.config)
+    expected = model(input_ids=input_ids, attention_mask=attention_mask).sentence_embedding  # in the export's dtype
+    actual = st.forward({"input_ids": input_ids, "attention_mask": attention_mask})["sentence_embedding"]
+    figures = agreement(actual, expected, attention_mask, "sentence_embedding per text", model.dtype)
+    if not figures["min_cosine"] >= MIN_COSINE[model.dtype]:
+        raise ConversionError(f"Verification failed: sentence-transformers reads the export differently ({figures}).")
+    return figures
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# What converts from and to: each source kind's reader, each target's writer and verification
+# ----------------------------------------------------------------------------------------------------------------
+
+READERS = {
+    "sentence-transformers": read_sentence_transformers,
+    "embeddinggemma": read_embeddinggemma,
+    "gemma3": read_gemma3,
+    "t5gemma": read_t5gemma,
+    "t5gemma2": read_t5gemma2,
+}
+SOURCES = tuple(READERS)
+
+
+@dataclass(frozen=True)
+class Target:
+    write: Callable[[Path, EmbeddingGemmaModel, object], None]  # (folder, model, tokenizer)
+    verify: Callable[[Path, Source, EmbeddingGemmaModel, object], dict]  # (folder, source, model, tokenizer) -> figures
+    loads_with: str  # what the final message tells the user to run
+
+
+TARGETS = {
+    "embeddinggemma": Target(write_embeddinggemma, verify_embeddinggemma,
+                             "AutoModel.from_pretrained({path!r}, trust_remote_code=True)"),
+    "sentence-transformers": Target(export_sentence_transformers, verify_sentence_transformers,
+                                    "SentenceTransformer({path!r})"),
+}  # fmt: skip
+
+
 def convert(
     source: str,
     output_dir: str | os.PathLike,
@@ -955,7 +1029,7 @@ def convert(
     if source_kind not in READERS:
         raise ConversionError(f"--from {source_kind!r} is not supported; expected one of {SOURCES}.")
     if to not in TARGETS:
-        raise ConversionError(f"--to {to!r} is not supported; expected one of {TARGETS}.")
+        raise ConversionError(f"--to {to!r} is not supported; expected one of {tuple(TARGETS)}.")
     if dtype not in DTYPES:
         raise ConversionError(f"--dtype {dtype!r} is not supported; expected one of {tuple(DTYPES)} (float16 "
                               "overflows in EmbeddingGemma).")  # fmt: skip
@@ -978,16 +1052,9 @@ def convert(
 
     def write(tmp_dir: Path) -> None:
         nonlocal figures
-        if to == "sentence-transformers":
-            write_sentence_transformers(tmp_dir, model, tokenizer)
-        else:
-            model.save_pretrained(tmp_dir, safe_serialization=True)
-            tokenizer.save_pretrained(tmp_dir)
-        if verify_output and to == "embeddinggemma":
-            figures = verify(tmp_dir, src, tokenizer, DTYPES[dtype])
-            log(f"verification: {figures}")
-        elif verify_output:
-            figures = verify_sentence_transformers(tmp_dir, model, tokenizer)
+        TARGETS[to].write(tmp_dir, model, tokenizer)
+        if verify_output:
+            figures = TARGETS[to].verify(tmp_dir, src, model, tokenizer)
             log(f"verification: {figures}")
         write_model_card(tmp_dir, model.config, src, to, push_to_hub or output_dir.name, figures, base_model)
 
@@ -997,29 +1064,12 @@ def convert(
     return output_dir
 
 
-@torch.no_grad()
-def verify_sentence_transformers(folder: Path, model: EmbeddingGemmaModel, tokenizer) -> dict:
-    """An exported sentence-transformers folder against our model."""
-    try:
-        from sentence_transformers import SentenceTransformer
-    except ImportError:
-        return {"verified": False, "reason": "sentence-transformers is not installed (pip install 'embeddinggemma[st]')"}
-    st = SentenceTransformer(str(folder), device="cpu", model_kwargs={"dtype": model.dtype})
-    input_ids, attention_mask = verification_batch(tokenizer, model.config)
-    expected = model(input_ids=input_ids, attention_mask=attention_mask).sentence_embedding  # in the export's dtype
-    actual = st.forward({"input_ids": input_ids, "attention_mask": attention_mask})["sentence_embedding"]
-    figures = agreement(actual, expected, attention_mask, "sentence_embedding per text", model.dtype)
-    if not figures["min_cosine"] >= MIN_COSINE[model.dtype]:
-        raise ConversionError(f"Verification failed: sentence-transformers reads the export differently ({figures}).")
-    return figures
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--from", dest="source_kind", required=True, choices=SOURCES, help="kind of source")
     parser.add_argument("source", help="source folder, Hub repo id, or (gemma3) .gguf file")
     parser.add_argument("output_dir", help="folder to write (must be empty or absent unless --overwrite)")
-    parser.add_argument("--to", default="embeddinggemma", choices=TARGETS, help="output layout (default embeddinggemma)")
+    parser.add_argument("--to", default="embeddinggemma", choices=tuple(TARGETS), help="output layout (default embeddinggemma)")
     parser.add_argument("--dtype", default="float32", choices=tuple(DTYPES), help="weight dtype (default float32)")
     parser.add_argument("--overwrite", action="store_true", help="replace a non-empty OUTPUT_DIR")
     parser.add_argument("--gguf-file", help="with --from gemma3: the .gguf file inside SOURCE (a folder or Hub id)")
@@ -1047,10 +1097,7 @@ def main(argv: list[str] | None = None) -> int:
     except ConversionError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
-    if args.to == "sentence-transformers":
-        print(f"Wrote {output}. Load it with SentenceTransformer({str(output)!r}).")
-    else:
-        print(f"Wrote {output}. Load it with AutoModel.from_pretrained({str(output)!r}, trust_remote_code=True).")
+    print(f"Wrote {output}. Load it with {TARGETS[args.to].loads_with.format(path=str(output))}.")
     return 0
 
 

@@ -69,13 +69,12 @@ def workload(name: str, count: int, tokenizer, rng) -> list[str]:
 
 def gemm_ceiling(model, tokens: int = 4096, repeats: int = 3) -> dict:
     """Tokens/s of the encoder's linear layers alone at `tokens` rows, float32: with torch's default product
-    (`F.linear`) and with the fast path's (`fast_linear`: oneDNN, packed weights). No fp32 path beats the faster."""
-    module = sys.modules[type(model).__module__]
+    (`F.linear`) and with the fast path's (oneDNN, packed weights). No fp32 path beats the faster."""
     linears = [m for m in model.model.modules() if isinstance(m, torch.nn.Linear)]
     inputs = {m.in_features: torch.randn(tokens, m.in_features) for m in linears}
     rates = {}
     with torch.no_grad():
-        for name, product in (("torch default", lambda m, x: F.linear(x, m.weight)), ("oneDNN", module.fast_linear)):
+        for name, product in (("torch default", lambda m, x: F.linear(x, m.weight)), ("oneDNN", model.model.fast_path.onednn_linear)):
             for m in linears:  # warm-up (and packing)
                 product(m, inputs[m.in_features])
             best = float("inf")
@@ -133,8 +132,8 @@ def load_ours(ctx, quantize=None, skip=None, fast=True, batch_size=None, max_bat
     model = AutoModel.from_pretrained(ctx["ours"], trust_remote_code=True).eval()
     model.config.use_fast_path = fast
     if quantize:
-        module = sys.modules[type(model).__module__]
-        module.quantize_int8(model, **({} if skip is None else {"skip": skip}))
+        quantization = sys.modules[type(model).__module__.replace("modeling_", "quantization_")]
+        quantization.quantize_int8(model, **({} if skip is None else {"skip": skip}))
     return lambda texts: model.encode(texts, batch_size=batch_size, max_batch_tokens=max_batch_tokens,
                                       show_progress_bar=False)  # fmt: skip
 

@@ -31,7 +31,8 @@ def test_output_folder_is_self_contained(tiny_converted_dir):
     assert {"config.json", "model.safetensors", "configuration_embeddinggemma.py", "modeling_embeddinggemma.py",
             "tokenizer.json", "tokenizer_config.json"} <= files  # fmt: skip
     config = json.loads((tiny_converted_dir / "config.json").read_text())
-    assert config["model_type"] == "embeddinggemma"
+    # transformers' Gemma 3 reads this encoder exactly, so the folder says so (AutoTokenizer needs no remote code)
+    assert config["model_type"] == "gemma3_text" and config["use_bidirectional_attention"] is True
     assert config["auto_map"] == {
         "AutoConfig": "configuration_embeddinggemma.EmbeddingGemmaConfig",
         "AutoModel": "modeling_embeddinggemma.EmbeddingGemmaModel",
@@ -40,7 +41,7 @@ def test_output_folder_is_self_contained(tiny_converted_dir):
     assert config["prompts"]["query"] == "task: search result | query: "
     keys = set(load_file(tiny_converted_dir / "model.safetensors"))
     assert {"model.embed_tokens.weight", "dense.0.weight", "dense.1.weight"} <= keys
-    tokenizer = AutoTokenizer.from_pretrained(tiny_converted_dir, trust_remote_code=True)
+    tokenizer = AutoTokenizer.from_pretrained(tiny_converted_dir)
     ids = tokenizer(["a dog", "a"], padding=True)["input_ids"]
     assert ids[0][0] == tokenizer.bos_token_id and ids[0][-1] == tokenizer.eos_token_id
     assert ids[1][-1] == tokenizer.pad_token_id  # padded on the right

@@ -13,7 +13,7 @@ from transformers import AutoModel, AutoTokenizer
 import convert_checkpoint
 from conftest import TEXTS
 from convert_checkpoint import ConversionError, convert
-from modeling_embeddinggemma import mean_pool
+from modeling_embeddinggemma import pool
 from testing_embeddinggemma import (
     T5GEMMA2_EOI,
     build_tiny_gemma3,
@@ -98,7 +98,7 @@ def test_encoder_equals_the_source_frameworks_bidirectional_encoder(converted):
     real = attention_mask.bool()
     assert (out.last_hidden_state - expected)[real].abs().max() <= ATOL
     # identity head: the embedding is exactly the normalised mean of the final hidden states
-    pooled = F.normalize(mean_pool(out.last_hidden_state, real), dim=-1)
+    pooled = F.normalize(pool(out.last_hidden_state, real), dim=-1)
     assert (out.sentence_embedding - pooled).abs().max() <= 1e-6
     assert model.config.dense_out_features == [256, 64] and model.config.matryoshka_dims == [64]
 
@@ -135,13 +135,13 @@ def test_embedding_dim_and_random_head(gemma3_source, tmp_path):
     assert model.config.dense_out_features == [128, 32] and model.config.matryoshka_dims == [32]
     batch = AutoTokenizer.from_pretrained(output, trust_remote_code=True)(TEXTS, padding=True, return_tensors="pt")
     out = model(**batch)
-    expected = F.normalize(mean_pool(out.last_hidden_state, batch["attention_mask"].bool())[:, :32], dim=-1)
+    expected = F.normalize(pool(out.last_hidden_state, batch["attention_mask"].bool())[:, :32], dim=-1)
     assert (out.sentence_embedding - expected).abs().max() <= 1e-6
 
     output = convert(str(gemma3_source), tmp_path / "d80", "gemma3", embedding_dim=80)  # wider than hidden 64
     model = AutoModel.from_pretrained(output, trust_remote_code=True)
     out = model(**batch)
-    pooled = mean_pool(out.last_hidden_state, batch["attention_mask"].bool())
+    pooled = pool(out.last_hidden_state, batch["attention_mask"].bool())
     expected = F.normalize(F.pad(pooled, (0, 16)), dim=-1)  # the mean, zero-padded to 80 dims
     assert out.sentence_embedding.shape == (4, 80) and (out.sentence_embedding - expected).abs().max() <= 1e-6
 

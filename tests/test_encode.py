@@ -10,7 +10,7 @@ from transformers import AutoModel, AutoTokenizer
 
 import modeling_embeddinggemma
 from conftest import TEXTS
-from modeling_embeddinggemma import token_length_batches
+from encoding_embeddinggemma import token_length_batches
 
 
 ATOL = 1e-5
@@ -71,14 +71,19 @@ def test_token_budget_batching_gives_the_same_vectors(model):
 
 
 def test_progress_bar_only_when_asked_or_long(model, capsys):
-    model.encode(TEXTS, batch_size=1)  # 4 batches: short, no bar
-    assert "Batches" not in capsys.readouterr().err
-    model.encode(TEXTS, batch_size=1, show_progress_bar=True)
-    assert "Batches" in capsys.readouterr().err
-    model.encode(TEXTS * 2, batch_size=1)  # 8 batches: long
-    assert "Batches" in capsys.readouterr().err
-    model.encode(TEXTS * 2, batch_size=1, show_progress_bar=False)
-    assert "Batches" not in capsys.readouterr().err
+    from encoding_embeddinggemma import PROGRESS_BAR_MIN_TOKENS
+
+    model.encode(TEXTS, batch_size=1)  # 4 batches, a few dozen tokens: no bar
+    assert "Encoding" not in capsys.readouterr().err
+    model.encode(TEXTS, show_progress_bar=True)
+    assert "Encoding" in capsys.readouterr().err
+    # 1,000 short texts fill only a few token-budget batches, but are long enough to wait for: the bar counts texts
+    many = ["the man is playing guitar on the red planet mars"] * 1000
+    assert sum(len(ids) for ids in model._tokenize(many)) >= PROGRESS_BAR_MIN_TOKENS
+    model.encode(many)
+    assert "1000/1000" in capsys.readouterr().err
+    model.encode(many, show_progress_bar=False)
+    assert "Encoding" not in capsys.readouterr().err
 
 
 def test_long_texts_are_truncated_with_one_warning(model, caplog, monkeypatch):
@@ -115,9 +120,10 @@ def test_a_model_built_in_memory_needs_a_tokenizer_set(tiny_converted_dir):
     from testing_embeddinggemma import tiny_config
 
     model = EmbeddingGemmaModel(tiny_config())
-    with pytest.raises(ValueError, match=r"set one with `model.tokenizer = AutoTokenizer.from_pretrained"):
+    with pytest.raises(AttributeError, match=r"Set one with `model.tokenizer = AutoTokenizer.from_pretrained"):
         model.encode("a dog")
-    model.tokenizer = AutoTokenizer.from_pretrained(tiny_converted_dir, trust_remote_code=True)
+    assert not hasattr(model, "tokenizer") and getattr(model, "tokenizer", None) is None  # an attribute like any other
+    model.tokenizer = AutoTokenizer.from_pretrained(tiny_converted_dir)
     assert model.encode("a dog").shape == (48,)
 
 

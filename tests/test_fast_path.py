@@ -7,8 +7,11 @@ import numpy as np
 import pytest
 import torch
 
-import modeling_embeddinggemma
-from modeling_embeddinggemma import EmbeddingGemmaModel, Int8Linear, PackedBatch, quantize_int8, token_length_batches
+import fast_path_embeddinggemma
+from encoding_embeddinggemma import token_length_batches
+from fast_path_embeddinggemma import PackedBatch
+from modeling_embeddinggemma import EmbeddingGemmaModel
+from quantization_embeddinggemma import Int8Linear, quantize_int8
 from test_modeling import make_batch, tiny_model
 
 
@@ -47,7 +50,7 @@ def assert_paths_agree(model, input_ids, attention_mask, atol=ATOL, **kwargs):
 )
 @pytest.mark.parametrize("band_block", [4, 128])  # 4: sliding layers attend band by band; 128: one masked block
 def test_fast_path_equals_reference_path(lengths, band_block, monkeypatch):
-    monkeypatch.setattr(modeling_embeddinggemma, "BAND_BLOCK", band_block)
+    monkeypatch.setattr(fast_path_embeddinggemma, "BAND_BLOCK", band_block)
     model = tiny_model()
     input_ids, attention_mask = make_batch(lengths)
     assert_paths_agree(model, input_ids, attention_mask)
@@ -55,7 +58,7 @@ def test_fast_path_equals_reference_path(lengths, band_block, monkeypatch):
 
 
 def test_fast_path_handles_left_and_middle_padding(monkeypatch):
-    monkeypatch.setattr(modeling_embeddinggemma, "BAND_BLOCK", 4)
+    monkeypatch.setattr(fast_path_embeddinggemma, "BAND_BLOCK", 4)
     model = tiny_model()
     input_ids, attention_mask = make_batch([16, 9, 3, 12])
     left_ids, left_mask = input_ids.clone(), attention_mask.clone()
@@ -88,8 +91,8 @@ def test_fast_path_with_inputs_embeds_leaves_them_untouched():
 def test_fast_path_runs_only_where_it_applies(monkeypatch):
     model = tiny_model()
     calls = []
-    original = model.model.packed_forward
-    monkeypatch.setattr(model.model, "packed_forward", lambda *a, **k: calls.append(1) or original(*a, **k))
+    original = model.model.fast_path
+    monkeypatch.setattr(model.model, "fast_path", lambda *a, **k: calls.append(1) or original(*a, **k))
     input_ids, attention_mask = make_batch()
     with torch.no_grad():
         model(input_ids=input_ids, attention_mask=attention_mask)
@@ -132,9 +135,7 @@ def test_fast_path_bfloat16_stays_close_to_the_reference_path():
 def test_packed_batch_layout():
     mask = torch.tensor([[1, 1, 1, 0], [0, 1, 1, 0], [1, 1, 1, 1], [0, 0, 0, 0]], dtype=torch.bool)
     packed = PackedBatch.from_padding_mask(mask)
-    assert packed.lengths.tolist() == [3, 2, 4, 0]
     assert packed.positions.tolist() == [0, 1, 2, 0, 1, 0, 1, 2, 3]
-    assert packed.sequence_ids.tolist() == [0, 0, 0, 1, 1, 2, 2, 2, 2]
     assert packed.groups == [(0, 1, 3), (3, 1, 2), (5, 1, 4)]
     values = torch.arange(16.0).reshape(4, 4)
     assert packed.unpack(packed.pack(values)).tolist() == (values * mask).tolist()

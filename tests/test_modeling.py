@@ -7,6 +7,7 @@ import torch.nn.functional as F
 from sentence_transformers.models import Dense, Normalize, Pooling
 from transformers import Gemma3TextModel
 
+from configuration_embeddinggemma import POOLING_MODES
 from modeling_embeddinggemma import EmbeddingGemmaModel, bidirectional_attention_mask
 from testing_embeddinggemma import randomize_, reference_gemma3_config, tiny_config
 
@@ -53,25 +54,50 @@ def run_reference(backbone, head, input_ids, attention_mask, normalize=True):
     return hidden, features["sentence_embedding"]
 
 
-@pytest.mark.parametrize("attn", ["eager", "sdpa"])
+PATHS = [("eager", "reference"), ("sdpa", "reference"), ("sdpa", "packed"), ("flex_attention", "reference")]
+
+
+@pytest.mark.parametrize("attn, path", PATHS, ids=[f"{path}-{attn}" for attn, path in PATHS])
 @torch.no_grad()
-def test_matches_transformers_gemma3_and_sentence_transformers_head(attn):
+def test_matches_transformers_gemma3_and_sentence_transformers_head(attn, path):
     model = tiny_model(attn)
-    backbone, head = reference_from(model, attn)
+    backbone, head = reference_from(model, "sdpa" if attn == "flex_attention" else attn)
     input_ids, attention_mask = make_batch()
     ref_hidden, ref_embedding = run_reference(backbone, head, input_ids, attention_mask)
-    out = model(input_ids=input_ids, attention_mask=attention_mask, output_hidden_states=True)
+    per_layer = path == "reference"  # per-layer outputs are the reference path's; the packed path gives the last
+    assert model.model.select_path(output_hidden_states=per_layer) == path
+    out = model(input_ids=input_ids, attention_mask=attention_mask, output_hidden_states=per_layer)
 
     real = attention_mask.bool()  # padding rows carry no meaning (and differ by design: see the mask docstring)
     assert out.last_hidden_state.shape == (4, 16, 64)
     assert (out.last_hidden_state - ref_hidden.last_hidden_state)[real].abs().max() <= ATOL
-    assert len(out.hidden_states) == len(ref_hidden.hidden_states) == model.config.num_hidden_layers + 1
-    for ours, theirs in zip(out.hidden_states, ref_hidden.hidden_states):
-        assert (ours - theirs)[real].abs().max() <= ATOL
+    if per_layer:
+        assert len(out.hidden_states) == len(ref_hidden.hidden_states) == model.config.num_hidden_layers + 1
+        for ours, theirs in zip(out.hidden_states, ref_hidden.hidden_states):
+            assert (ours - theirs)[real].abs().max() <= ATOL
     assert out.sentence_embedding.shape == (4, 48)
     assert (out.sentence_embedding - ref_embedding).abs().max() <= ATOL
     # The comparison can fail: the outputs are far from trivial and differ between texts.
     assert ref_embedding.std(0).mean() > 1e-2
+
+
+@pytest.mark.parametrize("path", ["packed", "reference"])
+@pytest.mark.parametrize("mode", POOLING_MODES)
+@torch.no_grad()
+def test_every_pooling_mode_matches_sentence_transformers(mode, path):
+    model = tiny_model(pooling_mode=mode)
+    model.config.use_fast_path = path == "packed"
+    backbone, head = reference_from(model, "sdpa")
+    head[0] = Pooling(model.config.hidden_size, mode)
+    for lengths in ([16, 9, 3, 12], [7, 7]):
+        input_ids, attention_mask = make_batch(lengths)
+        _, expected = run_reference(backbone, head, input_ids, attention_mask)
+        got = model(input_ids=input_ids, attention_mask=attention_mask).sentence_embedding
+        assert (got - expected).abs().max() <= ATOL, (mode, lengths)
+    # the modes really differ (mean_sqrt_len_tokens only rescales the mean, which the normalisation removes)
+    if mode not in ("mean", "mean_sqrt_len_tokens"):
+        mean_model = tiny_model()
+        assert (mean_model(input_ids=input_ids, attention_mask=attention_mask).sentence_embedding - got).abs().max() > 1e-3
 
 
 @torch.no_grad()

@@ -119,7 +119,7 @@ def test_training_changes_weights_lowers_the_loss_and_exports_our_format(student
     assert any(not torch.equal(old[k], new[k]) for k in old)
     after = recipe_value(final, tiny_converted_dir, TOY_ROWS, tmp_path / "cache")
     assert after < before
-    assert json.loads((final / "config.json").read_text())["model_type"] == "embeddinggemma"
+    assert json.loads((final / "config.json").read_text())["architectures"] == ["EmbeddingGemmaModel"]
     assert {p.name for p in (tmp_path / "run").glob("checkpoint-*")} == {"checkpoint-4", "checkpoint-8"}
     # resumable: asking for more steps continues from checkpoint-8 (with learning rate 0, a run restarted from
     # scratch would give back the student's weights; a resumed one starts from the trained ones)
