@@ -233,7 +233,9 @@ class EmbeddingGemmaConfig(PretrainedConfig):
                 f"expected one of {SLIDING_WINDOW_CONVENTIONS}."
             )
         if "sliding_attention" in self.layer_types and not (
-            isinstance(self.sliding_window, int) and not isinstance(self.sliding_window, bool) and self.sliding_window > 0
+            isinstance(self.sliding_window, int)
+            and not isinstance(self.sliding_window, bool)
+            and self.sliding_window > 0
         ):
             raise ValueError(f"sliding_window={self.sliding_window!r} must be a positive int when layers slide.")
         if self.pooling_mode not in POOLING_MODES:
@@ -249,9 +251,7 @@ class EmbeddingGemmaConfig(PretrainedConfig):
                 f"default_prompt_name={self.default_prompt_name!r} is not one of the prompts {sorted(self.prompts)}."
             )
         if "{title}" not in self.document_title_template:
-            raise ValueError(
-                f"document_title_template={self.document_title_template!r} must contain '{{title}}'."
-            )
+            raise ValueError(f"document_title_template={self.document_title_template!r} must contain '{{title}}'.")
 
     def prompt_for(self, prompt_name: str | None = None, prompt: str | None = None) -> str:
         """The text to prepend: `prompt` if given (it wins over `prompt_name`, as in sentence-transformers), else

@@ -23,9 +23,9 @@ import os
 import shutil
 import sys
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 import torch
 import torch.nn.functional as F
@@ -66,7 +66,9 @@ class Source:
     fields: dict
     state_dict: dict[str, torch.Tensor]
     load_tokenizer: Callable[[], object]
-    reference: Callable[[], Callable]  # () -> fn(input_ids, attention_mask) -> (what, tensor); may raise ReferenceUnavailable
+    reference: Callable[
+        [], Callable
+    ]  # () -> fn(input_ids, attention_mask) -> (what, tensor); may raise ReferenceUnavailable
     notes: list[str] = field(default_factory=list)
     added_head: str | None = None  # "identity" or "random" when the converter gave a headless source its head
 
@@ -90,7 +92,9 @@ def resolve_source(source: str, allow_patterns: list[str] | None = ALLOW_PATTERN
     if path.exists():
         return path
     if source.startswith((".", "/", "~")) or source.count("/") > 1 or source.endswith(".gguf"):
-        raise ConversionError(f"{source!r} does not exist; expected a checkpoint folder, a .gguf file or a Hub repo id.")
+        raise ConversionError(
+            f"{source!r} does not exist; expected a checkpoint folder, a .gguf file or a Hub repo id."
+        )
     from huggingface_hub import snapshot_download
 
     try:
@@ -157,8 +161,16 @@ def load_safetensors(folder: Path, what: str) -> dict[str, torch.Tensor]:
         for shard in sorted(set(read_json(index)["weight_map"].values())):
             state_dict.update(load_file(folder / shard))
         return state_dict
-    pickled = sorted(p.name for p in folder.iterdir() if p.suffix in (".bin", ".pt", ".pth", ".ckpt")) if folder.is_dir() else []
-    hint = f" It has {pickled}: pickled weights are never loaded here; re-save them as safetensors first." if pickled else ""
+    pickled = (
+        sorted(p.name for p in folder.iterdir() if p.suffix in (".bin", ".pt", ".pth", ".ckpt"))
+        if folder.is_dir()
+        else []
+    )
+    hint = (
+        f" It has {pickled}: pickled weights are never loaded here; re-save them as safetensors first."
+        if pickled
+        else ""
+    )
     raise ConversionError(f"No model.safetensors (or sharded index) for the {what} in {folder}.{hint}")
 
 
@@ -171,18 +183,41 @@ def config_defaults(class_name: str) -> dict:
         defaults = getattr(transformers, class_name)().to_dict()
     except Exception:  # class missing from this transformers: the saved config must then be complete
         return {}
-    for key in ("layer_types", "rope_parameters", "rope_scaling", "rope_theta", "rope_local_base_freq",
-                "sliding_window_pattern", "_sliding_window_pattern", "use_bidirectional_attention"):  # fmt: skip
+    for key in (
+        "layer_types",
+        "rope_parameters",
+        "rope_scaling",
+        "rope_theta",
+        "rope_local_base_freq",
+        "sliding_window_pattern",
+        "_sliding_window_pattern",
+        "use_bidirectional_attention",
+    ):
         defaults.pop(key, None)
     return defaults
 
 
 ENCODER_KEYS = (
-    "vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
-    "num_key_value_heads", "head_dim", "query_pre_attn_scalar", "hidden_activation", "max_position_embeddings",
-    "rms_norm_eps", "layer_types", "sliding_window", "attention_bias", "attention_dropout", "initializer_range",
-    "pad_token_id", "bos_token_id", "eos_token_id",
-)  # fmt: skip
+    "vocab_size",
+    "hidden_size",
+    "intermediate_size",
+    "num_hidden_layers",
+    "num_attention_heads",
+    "num_key_value_heads",
+    "head_dim",
+    "query_pre_attn_scalar",
+    "hidden_activation",
+    "max_position_embeddings",
+    "rms_norm_eps",
+    "layer_types",
+    "sliding_window",
+    "attention_bias",
+    "attention_dropout",
+    "initializer_range",
+    "pad_token_id",
+    "bos_token_id",
+    "eos_token_id",
+)
 
 
 def encoder_fields(config: dict, defaults: dict, default_pattern: int = 6) -> dict:
@@ -312,9 +347,12 @@ def read_sentence_transformers(path: Path, name: str, **_) -> Source:
             if mode is None:
                 mode = [k[len("pooling_mode_") :] for k, v in pooling.items() if k.startswith("pooling_mode_") and v]
                 mode = mode[0] if len(mode) == 1 else mode
-            mode = {"mean_tokens": "mean", "cls_token": "cls", "max_tokens": "max", "weightedmean_tokens": "weightedmean"}.get(
-                mode[0] if isinstance(mode, list) and len(mode) == 1 else mode, mode
-            )  # fmt: skip
+            mode = {
+                "mean_tokens": "mean",
+                "cls_token": "cls",
+                "max_tokens": "max",
+                "weightedmean_tokens": "weightedmean",
+            }.get(mode[0] if isinstance(mode, list) and len(mode) == 1 else mode, mode)
             if mode not in POOLING_MODES:
                 raise ConversionError(
                     f"{module_dir}/config.json pools with {mode!r}; expected one of {POOLING_MODES} (EmbeddingGemma: "
@@ -343,7 +381,11 @@ def read_sentence_transformers(path: Path, name: str, **_) -> Source:
                 "and Normalize."
             )
 
-    st_config = read_json(folder / "config_sentence_transformers.json") if (folder / "config_sentence_transformers.json").is_file() else {}
+    st_config = (
+        read_json(folder / "config_sentence_transformers.json")
+        if (folder / "config_sentence_transformers.json").is_file()
+        else {}
+    )
     fields.update(
         pooling_mode=pooling_mode,
         dense_out_features=dense_out_features,
@@ -363,7 +405,9 @@ def read_sentence_transformers(path: Path, name: str, **_) -> Source:
         try:
             from sentence_transformers import SentenceTransformer
         except ImportError as error:
-            raise ReferenceUnavailable("sentence-transformers is not installed (pip install 'embeddinggemma[st]')") from error
+            raise ReferenceUnavailable(
+                "sentence-transformers is not installed (pip install 'embeddinggemma[st]')"
+            ) from error
         st = SentenceTransformer(str(folder), device="cpu")
 
         def run(input_ids, attention_mask):
@@ -377,8 +421,12 @@ def read_sentence_transformers(path: Path, name: str, **_) -> Source:
 
 def read_embeddinggemma(path: Path, name: str, **_) -> Source:
     """A folder written by this converter (or by EmbeddingGemmaModel.save_pretrained)."""
-    folder, config = source_config(path, "embeddinggemma", MODEL_TYPES, "a folder written by this converter or by "
-                                   "EmbeddingGemmaModel.save_pretrained.")  # fmt: skip
+    folder, config = source_config(
+        path,
+        "embeddinggemma",
+        MODEL_TYPES,
+        "a folder written by this converter or by EmbeddingGemmaModel.save_pretrained.",
+    )
     if not is_embeddinggemma_config(config):
         raise ConversionError(
             f"{folder}/config.json is a plain {config.get('model_type')!r} model, not an EmbeddingGemma folder; for a "
@@ -401,14 +449,25 @@ def read_gemma3(path: Path, name: str, gguf_file: str | None = None, **_) -> Sou
     or, with a .gguf file, through transformers' GGUF loader (dequantised). Attention becomes bidirectional."""
     if gguf_file or path.suffix == ".gguf":
         return read_gemma3_gguf(path, name, gguf_file)
-    folder, config = source_config(path, "gemma3", ("gemma3", "gemma3_text"), "a Gemma 3 decoder (model_type "
-                                   "'gemma3' or 'gemma3_text'). For T5Gemma use --from t5gemma or --from t5gemma2.")  # fmt: skip
+    folder, config = source_config(
+        path,
+        "gemma3",
+        ("gemma3", "gemma3_text"),
+        "a Gemma 3 decoder (model_type 'gemma3' or 'gemma3_text'). For T5Gemma use --from t5gemma or --from t5gemma2.",
+    )
     refuse_embeddinggemma_folder(folder, config, "Gemma 3 decoder")
     text_config = config.get("text_config") or {} if config["model_type"] == "gemma3" else config
     fields = {**encoder_fields(text_config, config_defaults("Gemma3TextConfig")), **rope_fields(text_config)}
     weights = load_safetensors(folder, "model")
-    drop = ("lm_head.", "language_model.lm_head.", "model.lm_head.", "vision_tower.", "model.vision_tower.",
-            "multi_modal_projector.", "model.multi_modal_projector.")  # fmt: skip
+    drop = (
+        "lm_head.",
+        "language_model.lm_head.",
+        "model.lm_head.",
+        "vision_tower.",
+        "model.vision_tower.",
+        "multi_modal_projector.",
+        "model.multi_modal_projector.",
+    )
     state_dict, prefix = select_encoder(weights, ("model.language_model.", "language_model.model.", "model.", ""), drop)
     source = Source("gemma3", name, fields, state_dict, auto_tokenizer(folder), gemma3_reference(fields, state_dict))
     source.notes.append(f"encoder weights from '{prefix}*'; dropped the LM head and any vision tower/projector")
@@ -458,8 +517,14 @@ def read_gemma3_gguf(path: Path, name: str, gguf_file: str | None) -> Source:
     fields = {**encoder_fields(text_config, {}), **rope_fields(text_config)}
     state_dict, _ = select_encoder(decoder.state_dict(), ("model.",), ("lm_head.",))
     del decoder
-    source = Source("gemma3", name, fields, state_dict, auto_tokenizer(folder, gguf_file=file_name),
-                    gemma3_reference(fields, state_dict))  # fmt: skip
+    source = Source(
+        "gemma3",
+        name,
+        fields,
+        state_dict,
+        auto_tokenizer(folder, gguf_file=file_name),
+        gemma3_reference(fields, state_dict),
+    )
     source.notes.append(f"dequantised from {file_name} by transformers' GGUF loader; LM head dropped")
     return source
 
@@ -473,7 +538,9 @@ def gemma3_reference(fields: dict, state_dict: dict) -> Callable[[], Callable]:
         config = {k: v for k, v in fields.items() if k not in ("rope_linear_factor",)}
         if fields.get("rope_linear_factor", 1.0) != 1.0:
             config["rope_scaling"] = {"rope_type": "linear", "factor": fields["rope_linear_factor"]}
-        model = Gemma3TextModel(Gemma3TextConfig(**config, use_bidirectional_attention=True, attn_implementation="eager"))
+        model = Gemma3TextModel(
+            Gemma3TextConfig(**config, use_bidirectional_attention=True, attn_implementation="eager")
+        )
         encoder = {k.removeprefix("model."): v.float() for k, v in state_dict.items() if k.startswith("model.")}
         return load_into(model, encoder)
 
@@ -483,8 +550,12 @@ def gemma3_reference(fields: dict, state_dict: dict) -> Callable[[], Callable]:
 def read_t5gemma(path: Path, name: str, **_) -> Source:
     """The encoder of a T5Gemma (v1) checkpoint: Gemma 2 blocks (no QK-norm, softcapped attention logits, one RoPE
     base, alternating sliding/full layers with |i - j| <= sliding_window). Decoder and LM head dropped."""
-    folder, config = source_config(path, "t5gemma", ("t5gemma",), "a T5Gemma (v1) checkpoint (model_type "
-                                   "'t5gemma'). For T5Gemma 2 use --from t5gemma2.")  # fmt: skip
+    folder, config = source_config(
+        path,
+        "t5gemma",
+        ("t5gemma",),
+        "a T5Gemma (v1) checkpoint (model_type 't5gemma'). For T5Gemma 2 use --from t5gemma2.",
+    )
     encoder_config = config.get("encoder") or {}
     defaults = config_defaults("T5GemmaModuleConfig")
     merged = {**defaults, **encoder_config}
@@ -502,8 +573,13 @@ def read_t5gemma(path: Path, name: str, **_) -> Source:
             f"{folder} has q_norm weights, which T5Gemma v1 encoders (Gemma 2 blocks) do not: this looks like a "
             "T5Gemma 2 checkpoint. Use --from t5gemma2."
         )
-    renames = ((".pre_self_attn_layernorm.", ".input_layernorm."), (".post_self_attn_layernorm.", ".post_attention_layernorm."))
-    state_dict, _ = select_encoder(weights, ("model.encoder.", "encoder."), ("model.decoder.", "decoder.", "lm_head."), renames)
+    renames = (
+        (".pre_self_attn_layernorm.", ".input_layernorm."),
+        (".post_self_attn_layernorm.", ".post_attention_layernorm."),
+    )
+    state_dict, _ = select_encoder(
+        weights, ("model.encoder.", "encoder."), ("model.decoder.", "decoder.", "lm_head."), renames
+    )
 
     def build():
         from transformers import T5GemmaModuleConfig
@@ -536,8 +612,12 @@ def read_t5gemma2(path: Path, name: str, **_) -> Source:
     """The text encoder of a T5Gemma 2 checkpoint (Gemma 3 blocks). The learned `eoi_embedding` is folded into the
     embedding table; vision tower, projector, decoder and LM head are dropped; its window is kept exactly
     (one token narrower on the left than EmbeddingGemma's)."""
-    folder, config = source_config(path, "t5gemma2", ("t5gemma2",), "a T5Gemma 2 checkpoint (model_type "
-                                   "'t5gemma2'). For T5Gemma v1 use --from t5gemma.")  # fmt: skip
+    folder, config = source_config(
+        path,
+        "t5gemma2",
+        ("t5gemma2",),
+        "a T5Gemma 2 checkpoint (model_type 't5gemma2'). For T5Gemma v1 use --from t5gemma.",
+    )
     encoder_config = config.get("encoder") or {}
     text_config = encoder_config.get("text_config") or {}
     eoi_index = encoder_config.get("eoi_token_index", config.get("eoi_token_index", 256_000))
@@ -547,10 +627,20 @@ def read_t5gemma2(path: Path, name: str, **_) -> Source:
         "sliding_window_convention": "t5gemma2",
     }
     weights = load_safetensors(folder, "model")
-    drop = ("model.decoder.", "decoder.", "lm_head.", "model.encoder.vision_tower.", "model.encoder.multi_modal_projector.",
-            "encoder.vision_tower.", "encoder.multi_modal_projector.")  # fmt: skip
+    drop = (
+        "model.decoder.",
+        "decoder.",
+        "lm_head.",
+        "model.encoder.vision_tower.",
+        "model.encoder.multi_modal_projector.",
+        "encoder.vision_tower.",
+        "encoder.multi_modal_projector.",
+    )
     prefixes = ("model.encoder.text_model.", "model.encoder.", "encoder.text_model.", "encoder.")
-    renames = ((".pre_self_attn_layernorm.", ".input_layernorm."), (".post_self_attn_layernorm.", ".post_attention_layernorm."))
+    renames = (
+        (".pre_self_attn_layernorm.", ".input_layernorm."),
+        (".post_self_attn_layernorm.", ".post_attention_layernorm."),
+    )
     state_dict, _ = select_encoder(weights, prefixes, drop, renames)
     eoi_embedding = state_dict.pop("model.embed_tokens.eoi_embedding", None)
     original = {k: v for k, v in state_dict.items()}
@@ -571,7 +661,9 @@ def read_t5gemma2(path: Path, name: str, **_) -> Source:
         except ImportError as error:
             raise ReferenceUnavailable("this transformers has no T5Gemma 2 (it arrived in transformers 5)") from error
 
-        encoder = T5Gemma2TextEncoder(T5Gemma2TextConfig(**text_config, attn_implementation="eager"), eoi_token_index=eoi_index)
+        encoder = T5Gemma2TextEncoder(
+            T5Gemma2TextConfig(**text_config, attn_implementation="eager"), eoi_token_index=eoi_index
+        )
         source_keys = {}
         for key, value in original.items():
             key = key.removeprefix("model.")
@@ -585,8 +677,6 @@ def read_t5gemma2(path: Path, name: str, **_) -> Source:
         f"folded eoi_embedding into row {eoi_index} of the embedding table; dropped vision tower, projector, decoder"
     )
     return source
-
-
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -631,7 +721,9 @@ def build_model(fields: dict, state_dict: dict[str, torch.Tensor], dtype: torch.
     try:
         config = EmbeddingGemmaConfig(**fields)
     except (TypeError, ValueError) as error:
-        raise ConversionError(f"The source's configuration is not a valid EmbeddingGemma configuration: {error}")
+        raise ConversionError(
+            f"The source's configuration is not a valid EmbeddingGemma configuration: {error}"
+        ) from error
     with torch.device("meta"):
         model = EmbeddingGemmaModel(config)
     expected = model.state_dict()
@@ -693,8 +785,9 @@ def verification_batch(tokenizer, config: EmbeddingGemmaConfig) -> tuple[torch.T
     return batch["input_ids"], batch["attention_mask"]
 
 
-def agreement(actual: torch.Tensor, expected: torch.Tensor, attention_mask: torch.Tensor, compared: str,
-              dtype: torch.dtype) -> dict:  # fmt: skip
+def agreement(
+    actual: torch.Tensor, expected: torch.Tensor, attention_mask: torch.Tensor, compared: str, dtype: torch.dtype
+) -> dict:
     """The verification figures of `actual` against `expected` (rows: tokens or texts) on a padded batch."""
     actual, expected = actual.float(), expected.float()
     cosine = F.cosine_similarity(actual, expected, dim=-1)
@@ -766,7 +859,9 @@ def gemma3_text_config(config: EmbeddingGemmaConfig) -> dict:
         "final_logit_softcapping": None,
         "rope_theta": config.rope_theta,
         "rope_local_base_freq": config.rope_local_base_freq,
-        "rope_scaling": None if config.rope_linear_factor == 1.0 else {"rope_type": "linear", "factor": config.rope_linear_factor},
+        "rope_scaling": None
+        if config.rope_linear_factor == 1.0
+        else {"rope_type": "linear", "factor": config.rope_linear_factor},
         "use_bidirectional_attention": True,
         "use_cache": False,
         "is_matryoshka": True,
@@ -791,11 +886,20 @@ def export_sentence_transformers(folder: Path, model: EmbeddingGemmaModel, token
     config = model.config
     state = model.state_dict()
     (folder / "config.json").write_text(json.dumps(gemma3_text_config(config), indent=2) + "\n")
-    save_file({k.removeprefix("model."): v.contiguous() for k, v in state.items() if k.startswith("model.")},
-              folder / "model.safetensors", metadata={"format": "pt"})  # fmt: skip
+    save_file(
+        {k.removeprefix("model."): v.contiguous() for k, v in state.items() if k.startswith("model.")},
+        folder / "model.safetensors",
+        metadata={"format": "pt"},
+    )
     modules = [{"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"}]
-    modes = {"cls": "cls_token", "mean": "mean_tokens", "max": "max_tokens", "mean_sqrt_len_tokens": "mean_sqrt_len_tokens",
-             "weightedmean": "weightedmean_tokens", "lasttoken": "lasttoken"}  # fmt: skip
+    modes = {
+        "cls": "cls_token",
+        "mean": "mean_tokens",
+        "max": "max_tokens",
+        "mean_sqrt_len_tokens": "mean_sqrt_len_tokens",
+        "weightedmean": "weightedmean_tokens",
+        "lasttoken": "lasttoken",
+    }
     pooling = {
         "word_embedding_dimension": config.hidden_size,
         **{f"pooling_mode_{name}": mode == config.pooling_mode for mode, name in modes.items()},
@@ -804,31 +908,52 @@ def export_sentence_transformers(folder: Path, model: EmbeddingGemmaModel, token
     (folder / "1_Pooling").mkdir()
     (folder / "1_Pooling" / "config.json").write_text(json.dumps(pooling, indent=4) + "\n")
     modules.append({"idx": 1, "name": "1", "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"})
-    activation = "torch.nn.modules.linear.Identity" if config.dense_activation == "identity" else config.dense_activation
+    activation = (
+        "torch.nn.modules.linear.Identity" if config.dense_activation == "identity" else config.dense_activation
+    )
     for index, layer in enumerate(model.dense):
         name = f"{index + 2}_Dense"
         (folder / name).mkdir()
-        dense = {"in_features": layer.in_features, "out_features": layer.out_features, "bias": config.dense_bias,
-                 "activation_function": activation}  # fmt: skip
+        dense = {
+            "in_features": layer.in_features,
+            "out_features": layer.out_features,
+            "bias": config.dense_bias,
+            "activation_function": activation,
+        }
         (folder / name / "config.json").write_text(json.dumps(dense, indent=4) + "\n")
         prefix = f"dense.{index}."
         tensors = {"linear." + k[len(prefix) :]: v.contiguous() for k, v in state.items() if k.startswith(prefix)}
         save_file(tensors, folder / name / "model.safetensors", metadata={"format": "pt"})
-        modules.append({"idx": index + 2, "name": str(index + 2), "path": name, "type": "sentence_transformers.models.Dense"})
+        modules.append(
+            {"idx": index + 2, "name": str(index + 2), "path": name, "type": "sentence_transformers.models.Dense"}
+        )
     if config.normalize_embeddings:
         n = len(modules)
-        modules.append({"idx": n, "name": str(n), "path": f"{n}_Normalize", "type": "sentence_transformers.models.Normalize"})
+        modules.append(
+            {"idx": n, "name": str(n), "path": f"{n}_Normalize", "type": "sentence_transformers.models.Normalize"}
+        )
     (folder / "modules.json").write_text(json.dumps(modules, indent=2) + "\n")
     bert_config = {"max_seq_length": config.max_position_embeddings, "do_lower_case": False}
     (folder / "sentence_bert_config.json").write_text(json.dumps(bert_config, indent=4) + "\n")
-    st_config = {"model_type": "SentenceTransformer", "prompts": config.prompts,
-                 "default_prompt_name": config.default_prompt_name, "similarity_fn_name": "cosine"}  # fmt: skip
+    st_config = {
+        "model_type": "SentenceTransformer",
+        "prompts": config.prompts,
+        "default_prompt_name": config.default_prompt_name,
+        "similarity_fn_name": "cosine",
+    }
     (folder / "config_sentence_transformers.json").write_text(json.dumps(st_config, indent=2) + "\n")
     tokenizer.save_pretrained(folder)
 
 
-def write_model_card(folder: Path, config: EmbeddingGemmaConfig, source: Source, target: str, name: str,
-                     figures: dict | None, base_model: str | None) -> None:  # fmt: skip
+def write_model_card(
+    folder: Path,
+    config: EmbeddingGemmaConfig,
+    source: Source,
+    target: str,
+    name: str,
+    figures: dict | None,
+    base_model: str | None,
+) -> None:
     """README.md with Hub metadata, usage snippets and the parity figures measured at conversion; `name` is the
     Hub repo id or the output folder's name."""
     library = "sentence-transformers" if target == "sentence-transformers" else "transformers"
@@ -870,9 +995,13 @@ Also `SentenceTransformer("{name}", trust_remote_code=True)` (sentence-transform
         )
     else:
         parity = "Not verified at conversion" + (f": {figures['reason']}." if figures else ".")
-    head = "" if not source.added_head else (
-        "\n**This encoder's embedding head is freshly initialised: fine-tune it before use** "
-        "(see the training recipe of the embeddinggemma package).\n"
+    head = (
+        ""
+        if not source.added_head
+        else (
+            "\n**This encoder's embedding head is freshly initialised: fine-tune it before use** "
+            "(see the training recipe of the embeddinggemma package).\n"
+        )
     )
     body = f"""
 # {name}
@@ -907,11 +1036,14 @@ def push_folder(folder: Path, repo_id: str, private: bool) -> str:
 
     api = HfApi()
     files = sorted(p for p in folder.rglob("*") if p.is_file())
-    operations = [CommitOperationAdd(path_in_repo=p.relative_to(folder).as_posix(), path_or_fileobj=str(p)) for p in files]
+    operations = [
+        CommitOperationAdd(path_in_repo=p.relative_to(folder).as_posix(), path_or_fileobj=str(p)) for p in files
+    ]
     try:
         api.create_repo(repo_id, private=private, exist_ok=True)
-        commit = api.create_commit(repo_id, operations=operations,
-                                   commit_message="Upload EmbeddingGemma model converted by embeddinggemma")  # fmt: skip
+        commit = api.create_commit(
+            repo_id, operations=operations, commit_message="Upload EmbeddingGemma model converted by embeddinggemma"
+        )
     except Exception as error:
         raise ConversionError(
             f"Uploading to {repo_id!r} failed ({type(error).__name__}: {error}). The converted folder is complete in "
@@ -965,7 +1097,10 @@ def verify_sentence_transformers(folder: Path, source: Source, model: EmbeddingG
     try:
         from sentence_transformers import SentenceTransformer
     except ImportError:
-        return {"verified": False, "reason": "sentence-transformers is not installed (pip install 'embeddinggemma[st]')"}
+        return {
+            "verified": False,
+            "reason": "sentence-transformers is not installed (pip install 'embeddinggemma[st]')",
+        }
     st = SentenceTransformer(str(folder), device="cpu", model_kwargs={"dtype": model.dtype})
     input_ids, attention_mask = verification_batch(tokenizer, model.config)
     expected = model(input_ids=input_ids, attention_mask=attention_mask).sentence_embedding  # in the export's dtype
@@ -998,11 +1133,13 @@ class Target:
 
 
 TARGETS = {
-    "embeddinggemma": Target(write_embeddinggemma, verify_embeddinggemma,
-                             "AutoModel.from_pretrained({path!r}, trust_remote_code=True)"),
-    "sentence-transformers": Target(export_sentence_transformers, verify_sentence_transformers,
-                                    "SentenceTransformer({path!r})"),
-}  # fmt: skip
+    "embeddinggemma": Target(
+        write_embeddinggemma, verify_embeddinggemma, "AutoModel.from_pretrained({path!r}, trust_remote_code=True)"
+    ),
+    "sentence-transformers": Target(
+        export_sentence_transformers, verify_sentence_transformers, "SentenceTransformer({path!r})"
+    ),
+}
 
 
 def convert(
@@ -1031,8 +1168,10 @@ def convert(
     if to not in TARGETS:
         raise ConversionError(f"--to {to!r} is not supported; expected one of {tuple(TARGETS)}.")
     if dtype not in DTYPES:
-        raise ConversionError(f"--dtype {dtype!r} is not supported; expected one of {tuple(DTYPES)} (float16 "
-                              "overflows in EmbeddingGemma).")  # fmt: skip
+        raise ConversionError(
+            f"--dtype {dtype!r} is not supported; expected one of {tuple(DTYPES)} (float16 "
+            "overflows in EmbeddingGemma)."
+        )
     output_dir = Path(output_dir).expanduser().resolve()
     check_output_dir(output_dir, overwrite)  # fail before downloading or reading anything
 
@@ -1046,8 +1185,10 @@ def convert(
         src.fields["matryoshka_dims"] = list(matryoshka_dims)
     model = build_model(src.fields, src.state_dict, DTYPES[dtype])
     tokenizer = prepare_tokenizer(src.load_tokenizer(), model.config.max_position_embeddings)
-    log(f"read {source} (--from {source_kind}): {model.config.num_hidden_layers} layers, hidden "
-        f"{model.config.hidden_size}, embedding dim {model.config.embedding_dim}")  # fmt: skip
+    log(
+        f"read {source} (--from {source_kind}): {model.config.num_hidden_layers} layers, hidden "
+        f"{model.config.hidden_size}, embedding dim {model.config.embedding_dim}"
+    )
     figures = None
 
     def write(tmp_dir: Path) -> None:
@@ -1069,19 +1210,31 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--from", dest="source_kind", required=True, choices=SOURCES, help="kind of source")
     parser.add_argument("source", help="source folder, Hub repo id, or (gemma3) .gguf file")
     parser.add_argument("output_dir", help="folder to write (must be empty or absent unless --overwrite)")
-    parser.add_argument("--to", default="embeddinggemma", choices=tuple(TARGETS), help="output layout (default embeddinggemma)")
+    parser.add_argument(
+        "--to", default="embeddinggemma", choices=tuple(TARGETS), help="output layout (default embeddinggemma)"
+    )
     parser.add_argument("--dtype", default="float32", choices=tuple(DTYPES), help="weight dtype (default float32)")
     parser.add_argument("--overwrite", action="store_true", help="replace a non-empty OUTPUT_DIR")
     parser.add_argument("--gguf-file", help="with --from gemma3: the .gguf file inside SOURCE (a folder or Hub id)")
-    parser.add_argument("--head-init", default="identity", choices=HEAD_INITS,
-                        help="head of a source without one: identity (W2 W1 = I) or random (default identity)")  # fmt: skip
+    parser.add_argument(
+        "--head-init",
+        default="identity",
+        choices=HEAD_INITS,
+        help="head of a source without one: identity (W2 W1 = I) or random (default identity)",
+    )
     parser.add_argument("--embedding-dim", type=int, help="output dim of a new head (default: the hidden size)")
     parser.add_argument(
-        "--matryoshka-dims", type=lambda s: [int(d) for d in s.split(",")], metavar="D1,D2,...",
+        "--matryoshka-dims",
+        type=lambda s: [int(d) for d in s.split(",")],
+        metavar="D1,D2,...",
         help="dims the embedding may be truncated to (default: 768,512,256,128, those that fit)",
-    )  # fmt: skip
-    parser.add_argument("--no-verify", dest="verify", action="store_false",
-                        help="skip comparing the output with the source framework's own model")  # fmt: skip
+    )
+    parser.add_argument(
+        "--no-verify",
+        dest="verify",
+        action="store_false",
+        help="skip comparing the output with the source framework's own model",
+    )
     parser.add_argument("--push-to-hub", metavar="REPO_ID", help="upload the result to this Hub repo")
     parser.add_argument("--private", action="store_true", help="with --push-to-hub: create the repo private")
     parser.add_argument("--base-model", help="Hub id for the model card's base_model (default: SOURCE if a Hub id)")
@@ -1089,11 +1242,22 @@ def main(argv: list[str] | None = None) -> int:
     base_model = args.base_model or (args.source if not Path(args.source).expanduser().exists() else None)
     try:
         output = convert(
-            args.source, args.output_dir, args.source_kind, to=args.to, dtype=args.dtype, overwrite=args.overwrite,
-            matryoshka_dims=args.matryoshka_dims, gguf_file=args.gguf_file, head_init=args.head_init,
-            embedding_dim=args.embedding_dim, verify_output=args.verify, push_to_hub=args.push_to_hub,
-            private=args.private, base_model=base_model, log=print,
-        )  # fmt: skip
+            args.source,
+            args.output_dir,
+            args.source_kind,
+            to=args.to,
+            dtype=args.dtype,
+            overwrite=args.overwrite,
+            matryoshka_dims=args.matryoshka_dims,
+            gguf_file=args.gguf_file,
+            head_init=args.head_init,
+            embedding_dim=args.embedding_dim,
+            verify_output=args.verify,
+            push_to_hub=args.push_to_hub,
+            private=args.private,
+            base_model=base_model,
+            log=print,
+        )
     except ConversionError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

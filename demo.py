@@ -40,8 +40,10 @@ def main() -> int:
     else:
         from testing_embeddinggemma import build_tiny_sentence_transformer
 
-        print("EMBEDDINGGEMMA_REFERENCE is not set: building a TINY RANDOM model offline instead (its ranking is "
-              "meaningless). Set it to google/embeddinggemma-300m's folder or Hub id for real embeddings.")  # fmt: skip
+        print(
+            "EMBEDDINGGEMMA_REFERENCE is not set: building a TINY RANDOM model offline instead (its ranking is "
+            "meaningless). Set it to google/embeddinggemma-300m's folder or Hub id for real embeddings."
+        )
         source = str(args.output_dir / "tiny-sentence-transformers")
         if not (Path(source) / "modules.json").is_file():
             build_tiny_sentence_transformer(source)

@@ -126,7 +126,9 @@ def check_resume(manifest: dict, expected: dict) -> None:
     for section in ("input", "model", "settings"):
         for key in sorted(set(manifest[section]) | set(expected[section])):
             if manifest[section].get(key) != expected[section].get(key):
-                differences.append(f"{section}.{key}: was {manifest[section].get(key)!r}, now {expected[section].get(key)!r}")
+                differences.append(
+                    f"{section}.{key}: was {manifest[section].get(key)!r}, now {expected[section].get(key)!r}"
+                )
     if differences:
         raise CorpusError(
             "OUTPUT was written by a job with a different input, model or settings; refusing to mix outputs:\n  "
@@ -241,7 +243,12 @@ def stage(input_path: Path, output: Path, settings: Settings) -> dict:
         with open(rejects_path, "w", encoding="utf-8") as handle:
             for row in rejected:
                 handle.write(json.dumps(row, default=str) + "\n")
-    return {"rows": position, "embedded_rows": position - len(rejected), "rejected_rows": len(rejected), "shards": shards}
+    return {
+        "rows": position,
+        "embedded_rows": position - len(rejected),
+        "rejected_rows": len(rejected),
+        "shards": shards,
+    }
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -257,8 +264,15 @@ class ShardEmbedder:
     """Holds the model; embeds whole staged shards and commits each as one Parquet file. The same class runs in
     the local loop and as a Ray Data actor (`__call__` takes a batch of shard numbers)."""
 
-    def __init__(self, model_dir: str, output: str, settings: dict, metadata: dict, batch_size: int = 32,
-                 threads: int | None = None):  # fmt: skip
+    def __init__(
+        self,
+        model_dir: str,
+        output: str,
+        settings: dict,
+        metadata: dict,
+        batch_size: int = 32,
+        threads: int | None = None,
+    ):
         import torch
         from transformers import AutoModel
 
@@ -288,7 +302,9 @@ class ShardEmbedder:
         if settings.precision == "bfloat16":
             vectors = torch.from_numpy(vectors).to(torch.bfloat16).float().numpy()
         dim = vectors.shape[1]
-        embedding = pa.FixedSizeListArray.from_arrays(pa.array(np.ascontiguousarray(vectors).reshape(-1), pa.float32()), dim)
+        embedding = pa.FixedSizeListArray.from_arrays(
+            pa.array(np.ascontiguousarray(vectors).reshape(-1), pa.float32()), dim
+        )
         result = pa.table({"id": table.column("id"), "embedding": embedding}).replace_schema_metadata(self.metadata)
         tmp = self.output / f".part-{shard:05d}.tmp"
         pq.write_table(result, tmp)
@@ -313,16 +329,25 @@ class ShardEmbedder:
         return {"shard": batch["shard"], "rows": rows}
 
 
-def run_local(pending: list[int], model_dir: Path, output: Path, settings: Settings, metadata: dict,
-              batch_size: int) -> int:  # fmt: skip
+def run_local(
+    pending: list[int], model_dir: Path, output: Path, settings: Settings, metadata: dict, batch_size: int
+) -> int:
     from tqdm.auto import tqdm
 
     embedder = ShardEmbedder(str(model_dir), str(output), asdict(settings), metadata, batch_size)
     return sum(embedder.embed_shard(shard) for shard in tqdm(pending, desc="Shards", unit="shard"))
 
 
-def run_ray(pending: list[int], model_dir: Path, output: Path, settings: Settings, metadata: dict, batch_size: int,
-            num_workers: int, address: str | None) -> int:  # fmt: skip
+def run_ray(
+    pending: list[int],
+    model_dir: Path,
+    output: Path,
+    settings: Settings,
+    metadata: dict,
+    batch_size: int,
+    num_workers: int,
+    address: str | None,
+) -> int:
     try:
         import ray
     except ImportError as error:
@@ -348,9 +373,18 @@ def run_ray(pending: list[int], model_dir: Path, output: Path, settings: Setting
             ray.shutdown()
 
 
-def embed_corpus(model: str, input_path: str | os.PathLike, output: str | os.PathLike, *, local: bool = False,
-                 num_workers: int = 1, batch_size: int = 32, address: str | None = None, log=print,
-                 **settings) -> dict:  # fmt: skip
+def embed_corpus(
+    model: str,
+    input_path: str | os.PathLike,
+    output: str | os.PathLike,
+    *,
+    local: bool = False,
+    num_workers: int = 1,
+    batch_size: int = 32,
+    address: str | None = None,
+    log=print,
+    **settings,
+) -> dict:
     """Embeds `input_path` into `output` (see the module docstring). `settings` are `Settings` fields. Returns a
     summary; raises CorpusError on bad input or a refused resume."""
     settings = Settings(**settings)
@@ -369,8 +403,10 @@ def embed_corpus(model: str, input_path: str | os.PathLike, output: str | os.Pat
 
     config = AutoConfig.from_pretrained(model_dir, trust_remote_code=True)
     if settings.truncate_dim is not None and settings.truncate_dim not in config.matryoshka_dims:
-        raise CorpusError(f"--truncate-dim {settings.truncate_dim} is not one of the model's Matryoshka dims "
-                          f"{config.matryoshka_dims}.")  # fmt: skip
+        raise CorpusError(
+            f"--truncate-dim {settings.truncate_dim} is not one of the model's Matryoshka dims "
+            f"{config.matryoshka_dims}."
+        )
     prompt = config.prompt_for(settings.prompt_name) if settings.prompt_name else ""
     expected = {  # compared on resume; paths are informational (a moved file with the same content may resume)
         "input": {"sha256": file_sha256(input_path)},
@@ -381,8 +417,9 @@ def embed_corpus(model: str, input_path: str | os.PathLike, output: str | os.Pat
     manifest = read_manifest(output)
     if manifest is None:
         if any(output.glob("part-*.parquet")):
-            raise CorpusError(f"{output} holds part files but no {MANIFEST}; it was not written by this job. "
-                              "Choose a new --output.")  # fmt: skip
+            raise CorpusError(
+                f"{output} holds part files but no {MANIFEST}; it was not written by this job. Choose a new --output."
+            )
         log(f"staging {input_path} ...")
         counts = stage(input_path, output, settings)
         manifest = {**expected, "counts": counts, "paths": {"input": str(input_path), "model": str(model_dir)}}
@@ -394,8 +431,10 @@ def embed_corpus(model: str, input_path: str | os.PathLike, output: str | os.Pat
 
     counts = manifest["counts"]
     pending = [k for k in range(counts["shards"]) if not part_path(output, k).is_file()]
-    log(f"{counts['embedded_rows']} rows in {counts['shards']} shards ({counts['rejected_rows']} rejected); "
-        f"{counts['shards'] - len(pending)} already done, {len(pending)} to embed")  # fmt: skip
+    log(
+        f"{counts['embedded_rows']} rows in {counts['shards']} shards ({counts['rejected_rows']} rejected); "
+        f"{counts['shards'] - len(pending)} already done, {len(pending)} to embed"
+    )
     metadata = {"model": {**expected["model"], "name": model}, "settings": expected["settings"]}
     started = time.perf_counter()
     if pending:
@@ -424,8 +463,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--title-column", help="optional title column, used in the document prompt")
     parser.add_argument("--prompt-name", default="document", help="prompt name (default document; 'none' for none)")
     parser.add_argument("--truncate-dim", type=int, help="Matryoshka dim to keep")
-    parser.add_argument("--precision", default="float32", choices=("float32", "bfloat16"),
-                        help="stored values: float32, or float32 rounded to bfloat16")  # fmt: skip
+    parser.add_argument(
+        "--precision",
+        default="float32",
+        choices=("float32", "bfloat16"),
+        help="stored values: float32, or float32 rounded to bfloat16",
+    )
     parser.add_argument("--shard-rows", type=int, default=1000, help="rows per output shard (default 1000)")
     parser.add_argument("--on-bad-rows", default="fail", choices=("fail", "skip"))
     parser.add_argument("--batch-size", type=int, default=32)
@@ -435,12 +478,22 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         embed_corpus(
-            args.model, args.input, args.output, local=args.local, num_workers=args.num_workers,
-            batch_size=args.batch_size, address=args.address, id_column=args.id_column,
-            text_column=args.text_column, title_column=args.title_column,
-            prompt_name=None if args.prompt_name == "none" else args.prompt_name, truncate_dim=args.truncate_dim,
-            precision=args.precision, shard_rows=args.shard_rows, on_bad_rows=args.on_bad_rows,
-        )  # fmt: skip
+            args.model,
+            args.input,
+            args.output,
+            local=args.local,
+            num_workers=args.num_workers,
+            batch_size=args.batch_size,
+            address=args.address,
+            id_column=args.id_column,
+            text_column=args.text_column,
+            title_column=args.title_column,
+            prompt_name=None if args.prompt_name == "none" else args.prompt_name,
+            truncate_dim=args.truncate_dim,
+            precision=args.precision,
+            shard_rows=args.shard_rows,
+            on_bad_rows=args.on_bad_rows,
+        )
     except CorpusError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

@@ -81,9 +81,17 @@ class EmbeddingGemmaEncodeMixin:
         """
         texts, single = _as_text_list(texts)
         prompts = [self.config.prompt_for(prompt_name, prompt)] * len(texts)
-        return self._encode(texts, prompts, single=single, batch_size=batch_size, truncate_dim=truncate_dim,
-                            convert_to_numpy=convert_to_numpy, show_progress_bar=show_progress_bar, device=device,
-                            max_batch_tokens=max_batch_tokens)  # fmt: skip
+        return self._encode(
+            texts,
+            prompts,
+            single=single,
+            batch_size=batch_size,
+            truncate_dim=truncate_dim,
+            convert_to_numpy=convert_to_numpy,
+            show_progress_bar=show_progress_bar,
+            device=device,
+            max_batch_tokens=max_batch_tokens,
+        )
 
     def encode_query(self, texts: str | list[str], **kwargs):
         """`encode` with the "query" prompt (`task: search result | query: `) unless `prompt`/`prompt_name` is given."""
@@ -105,11 +113,23 @@ class EmbeddingGemmaEncodeMixin:
         return self._encode(texts, [self.config.document_prompt(title) for title in titles], single=single, **kwargs)
 
     @torch.no_grad()
-    def _encode(self, texts: list[str], prompts: list[str], *, single: bool, batch_size: int | None = None,
-                truncate_dim: int | None = None, convert_to_numpy: bool = True, show_progress_bar: bool | None = None,
-                device: str | torch.device | None = None, max_batch_tokens: int | None = None):  # fmt: skip
+    def _encode(
+        self,
+        texts: list[str],
+        prompts: list[str],
+        *,
+        single: bool,
+        batch_size: int | None = None,
+        truncate_dim: int | None = None,
+        convert_to_numpy: bool = True,
+        show_progress_bar: bool | None = None,
+        device: str | torch.device | None = None,
+        max_batch_tokens: int | None = None,
+    ):
         if batch_size is not None and (not isinstance(batch_size, int) or batch_size < 1):
-            raise ValueError(f"batch_size={batch_size!r} must be a positive int (or None: as many as the token budget holds).")
+            raise ValueError(
+                f"batch_size={batch_size!r} must be a positive int (or None: as many as the token budget holds)."
+            )
         if max_batch_tokens is None:
             max_batch_tokens = DEFAULT_MAX_BATCH_TOKENS
         if not isinstance(max_batch_tokens, int) or max_batch_tokens < 1:

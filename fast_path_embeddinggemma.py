@@ -121,7 +121,9 @@ def packed_attention(query, key, value, packed: PackedBatch, window, scaling) ->
         for q_start, q_stop, k_start, k_stop in band_blocks(length, window):
             mask = None
             if window is not None and not (q_stop - 1 - k_start <= window[0] and k_stop - 1 - q_start <= window[1]):
-                mask = packed.window_mask((q_start, q_stop), (k_start, k_stop), group, window, query.dtype, query.device)
+                mask = packed.window_mask(
+                    (q_start, q_stop), (k_start, k_stop), group, window, query.dtype, query.device
+                )
             attended = F.scaled_dot_product_attention(
                 q[:, :, q_start * group : q_stop * group],
                 k[:, :, k_start:k_stop],
@@ -200,8 +202,9 @@ class PackedForward:
         rotary = {t: encoder.rotary_emb(hidden_states, packed.positions, t) for t in set(config.layer_types)}
         for layer in encoder.layers:
             attention_input = self.norm(layer.input_layernorm, hidden_states)
-            attention = self.attention(layer.self_attn, attention_input, rotary[layer.attention_type],
-                                       windows[layer.attention_type])  # fmt: skip
+            attention = self.attention(
+                layer.self_attn, attention_input, rotary[layer.attention_type], windows[layer.attention_type]
+            )
             hidden_states = self.norm(layer.post_attention_layernorm, attention, residual=hidden_states)
             mlp = self.mlp(layer.mlp, self.norm(layer.pre_feedforward_layernorm, hidden_states))
             hidden_states = self.norm(layer.post_feedforward_layernorm, mlp, residual=hidden_states)

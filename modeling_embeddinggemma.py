@@ -203,7 +203,9 @@ def attention_implementation(config: EmbeddingGemmaConfig, output_attentions: bo
     (`output_attentions`) and logit softcapping need one that computes them (eager)."""
     implementation = config._attn_implementation or "sdpa"
     if output_attentions and implementation != "eager":
-        logger.warning_once(f"output_attentions=True: attention runs eagerly, not with {implementation!r}, to return them.")
+        logger.warning_once(
+            f"output_attentions=True: attention runs eagerly, not with {implementation!r}, to return them."
+        )
         return "eager"
     if config.attn_logit_softcapping is not None and implementation not in SOFTCAP_IMPLEMENTATIONS:
         logger.warning_once(
@@ -248,7 +250,9 @@ class EmbeddingGemmaAttention(nn.Module):
         if hasattr(ALL_ATTENTION_FUNCTIONS, "get_interface"):  # transformers >= 5
             attention = ALL_ATTENTION_FUNCTIONS.get_interface(implementation, eager_attention_forward)
         else:
-            attention = eager_attention_forward if implementation == "eager" else ALL_ATTENTION_FUNCTIONS[implementation]
+            attention = (
+                eager_attention_forward if implementation == "eager" else ALL_ATTENTION_FUNCTIONS[implementation]
+            )
         attn_output, attn_weights = attention(
             self,
             query,
@@ -265,7 +269,11 @@ class EmbeddingGemmaAttention(nn.Module):
     def project_qkv(self, hidden_states, linear=linear_forward):
         if hasattr(self, "qkv_proj"):  # int8: one product for the three (quantization_embeddinggemma.py)
             return self.qkv_proj(hidden_states).split(self.qkv_sizes, dim=-1)
-        return linear(self.q_proj, hidden_states), linear(self.k_proj, hidden_states), linear(self.v_proj, hidden_states)
+        return (
+            linear(self.q_proj, hidden_states),
+            linear(self.k_proj, hidden_states),
+            linear(self.v_proj, hidden_states),
+        )
 
 
 class EmbeddingGemmaEncoderLayer(GradientCheckpointingLayer):
@@ -414,6 +422,7 @@ class EmbeddingGemmaPreTrainedModel(PreTrainedModel):
     _supports_flash_attn = False
     _supports_attention_backend = False
     _can_compile_fullgraph = True  # the reference path has no data-dependent branches under torch.compile
+    unneeded_weights: tuple[str, ...] = ()  # prefixes of checkpoint weights that `from_pretrained` may leave unused
 
     def _init_weights(self, module):
         super()._init_weights(module)  # Linear/Embedding: normal(0, initializer_range)
@@ -435,8 +444,14 @@ class EmbeddingGemmaPreTrainedModel(PreTrainedModel):
         model, info = super().from_pretrained(*args, output_loading_info=True, **kwargs)
         problems = [
             f"{what} ({len(keys)}): {sorted(map(str, keys))}"
-            for what, keys in (("missing", info.get("missing_keys")), ("unexpected", info.get("unexpected_keys")),
-                               ("mis-shaped", info.get("mismatched_keys")))  # fmt: skip
+            for what, keys in (
+                ("missing", info.get("missing_keys")),
+                (
+                    "unexpected",
+                    [k for k in info.get("unexpected_keys") or () if not k.startswith(cls.unneeded_weights)],
+                ),
+                ("mis-shaped", info.get("mismatched_keys")),
+            )
             if keys
         ]
         if problems:
@@ -460,7 +475,10 @@ class EmbeddingGemmaPreTrainedModel(PreTrainedModel):
 
 
 class EmbeddingGemmaTextModel(EmbeddingGemmaPreTrainedModel):
-    """The encoder alone: token ids -> `last_hidden_state`."""
+    """The encoder alone: token ids -> `last_hidden_state`. Loads from a full EmbeddingGemma folder too (the head's
+    `dense.*` weights are then not needed)."""
+
+    unneeded_weights = ("dense.",)  # the head's, when loading the encoder from a full folder
 
     def __init__(self, config: EmbeddingGemmaConfig):
         super().__init__(config)
@@ -492,12 +510,13 @@ class EmbeddingGemmaTextModel(EmbeddingGemmaPreTrainedModel):
         output_attentions: bool | None = None,
         return_dict: bool | None = None,
     ) -> BaseModelOutput:
-        output, _ = self.encode_batch(input_ids, attention_mask, position_ids, inputs_embeds, output_hidden_states,
-                                      output_attentions)  # fmt: skip
+        output, _ = self.encode_batch(
+            input_ids, attention_mask, position_ids, inputs_embeds, output_hidden_states, output_attentions
+        )
         return output if _return_dict(self.config, return_dict) else output.to_tuple()
 
     def select_path(self, position_ids=None, output_hidden_states=False, output_attentions=False) -> str:
-        """"packed" or "reference": the one place where a forward's path is chosen (logged once per reason).
+        """ "packed" or "reference": the one place where a forward's path is chosen (logged once per reason).
 
         The packed path (fast_path_embeddinggemma.py) runs in inference with SDPA attention, default positions and
         no per-layer outputs, unless `config.use_fast_path` is False. Everything else, and anything traced, exported
@@ -520,8 +539,15 @@ class EmbeddingGemmaTextModel(EmbeddingGemmaPreTrainedModel):
         logger.info_once(f"EmbeddingGemma runs the reference path: {reason}.")
         return "reference"
 
-    def encode_batch(self, input_ids=None, attention_mask=None, position_ids=None, inputs_embeds=None,
-                     output_hidden_states=None, output_attentions=None) -> tuple[BaseModelOutput, torch.Tensor]:  # fmt: skip
+    def encode_batch(
+        self,
+        input_ids=None,
+        attention_mask=None,
+        position_ids=None,
+        inputs_embeds=None,
+        output_hidden_states=None,
+        output_attentions=None,
+    ) -> tuple[BaseModelOutput, torch.Tensor]:
         """The encoder on a padded batch, on the path `select_path` picks: (output, 2-D boolean padding mask)."""
         if output_hidden_states is None:
             output_hidden_states = getattr(self.config, "output_hidden_states", False)
@@ -547,7 +573,9 @@ class EmbeddingGemmaTextModel(EmbeddingGemmaPreTrainedModel):
 
         # Masks and rotary tables are built once per forward and layer type.
         implementation = attention_implementation(self.config, output_attentions)
-        windows = {t: self.config.attention_window if t == "sliding_attention" else None for t in set(self.config.layer_types)}  # fmt: skip
+        windows = {
+            t: self.config.attention_window if t == "sliding_attention" else None for t in set(self.config.layer_types)
+        }
         masks = attention_masks(implementation, padding_mask, position_ids, windows)
         position_embeddings = {t: self.rotary_emb(inputs_embeds, position_ids, t) for t in windows}
 

@@ -39,8 +39,12 @@ class Int8Linear(nn.Module):
         biases = [linear.bias for linear in linears]
         bias = None
         if any(b is not None for b in biases):
-            bias = torch.cat([b.detach().float().cpu() if b is not None else torch.zeros(linear.out_features)
-                              for b, linear in zip(biases, linears)])  # fmt: skip
+            bias = torch.cat(
+                [
+                    b.detach().float().cpu() if b is not None else torch.zeros(linear.out_features)
+                    for b, linear in zip(biases, linears)
+                ]
+            )
         with warnings.catch_warnings():  # torch marks quantized tensors as deprecated; the kernels remain
             warnings.simplefilter("ignore")
             quantized = torch.quantize_per_channel(

@@ -40,8 +40,20 @@ setup(
         "train": ["sentence-transformers>=5.5", "datasets>=2.19", "accelerate>=1.1"],
         "bench": ["sentence-transformers>=5.5", "onnx>=1.16", "onnxruntime>=1.18", "scipy"],
         "onnx": ["onnx>=1.16", "onnxscript>=0.2", "onnxruntime>=1.18"],
-        "test": ["pytest>=8", "sentence-transformers>=5.5", "gguf>=0.17", "protobuf", "accelerate>=1.1",
-                 "ray[data]>=2.40", "pyarrow>=17", "datasets>=2.19", "onnx>=1.16", "onnxruntime>=1.18", "onnxscript>=0.2", "ruff>=0.6"],
+        "test": [
+            "pytest>=8",
+            "sentence-transformers>=5.5",
+            "gguf>=0.17",
+            "protobuf",
+            "accelerate>=1.1",
+            "ray[data]>=2.40",
+            "pyarrow>=17",
+            "datasets>=2.19",
+            "onnx>=1.16",
+            "onnxruntime>=1.18",
+            "onnxscript>=0.2",
+            "ruff>=0.6",
+        ],
     },
     entry_points={
         "console_scripts": [

@@ -70,10 +70,16 @@ def train_tiny_tokenizer(folder: str | Path, max_length: int = 128):
         split_by_whitespace=False,
         remove_extra_whitespaces=False,
         normalization_rule_name="identity",
-        pad_id=0, eos_id=1, bos_id=2, unk_id=3,
-        pad_piece="<pad>", eos_piece="<eos>", bos_piece="<bos>", unk_piece="<unk>",
+        pad_id=0,
+        eos_id=1,
+        bos_id=2,
+        unk_id=3,
+        pad_piece="<pad>",
+        eos_piece="<eos>",
+        bos_piece="<bos>",
+        unk_piece="<unk>",
         minloglevel=2,
-    )  # fmt: skip
+    )
     tokenizer_config = {
         "tokenizer_class": "GemmaTokenizer",
         "add_bos_token": True,
@@ -122,7 +128,13 @@ def build_tiny_sentence_transformer(folder: str | Path, seed: int = 0, dense_out
     generator = torch.Generator().manual_seed(seed + 1)
     dims = [TINY_ENCODER["hidden_size"], *(dense_out_features or TINY_HEAD["dense_out_features"])]
     dense = [
-        Dense(i, o, bias=False, activation_function=torch.nn.Identity(), init_weight=torch.randn(o, i, generator=generator) * 0.1)
+        Dense(
+            i,
+            o,
+            bias=False,
+            activation_function=torch.nn.Identity(),
+            init_weight=torch.randn(o, i, generator=generator) * 0.1,
+        )
         for i, o in zip(dims[:-1], dims[1:])
     ]
     modules = [Transformer(str(backbone_dir)), Pooling(dims[0], "mean"), *dense, Normalize()]
@@ -163,10 +175,22 @@ def build_tiny_gemma3(folder: str | Path, kind: str = "causal", seed: int = 0):
     if kind == "causal":
         model = Gemma3ForCausalLM(text_config)
     else:
-        vision = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
-                      image_size=28, patch_size=14)  # fmt: skip
-        config = Gemma3Config(text_config=text_config.to_dict(), vision_config=vision, mm_tokens_per_image=4,
-                              boi_token_index=300, eoi_token_index=301, image_token_index=302)  # fmt: skip
+        vision = dict(
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=1,
+            num_attention_heads=2,
+            image_size=28,
+            patch_size=14,
+        )
+        config = Gemma3Config(
+            text_config=text_config.to_dict(),
+            vision_config=vision,
+            mm_tokens_per_image=4,
+            boi_token_index=300,
+            eoi_token_index=301,
+            image_token_index=302,
+        )
         model = Gemma3ForConditionalGeneration(config)
     randomize_(model, seed=seed)
     model.save_pretrained(folder)
@@ -178,8 +202,10 @@ def build_tiny_t5gemma(folder: str | Path, seed: int = 0):
     """A tiny T5Gemma (v1) encoder-decoder: Gemma 2 blocks, softcapping 50, alternating layers, window 4."""
     from transformers import T5GemmaConfig, T5GemmaForConditionalGeneration, T5GemmaModuleConfig
 
-    module = T5GemmaModuleConfig(**{k: v for k, v in _tiny_text_config().items() if k != "layer_types"},
-                                 layer_types=["sliding_attention", "full_attention", "sliding_attention"])  # fmt: skip
+    module = T5GemmaModuleConfig(
+        **{k: v for k, v in _tiny_text_config().items() if k != "layer_types"},
+        layer_types=["sliding_attention", "full_attention", "sliding_attention"],
+    )
     model = T5GemmaForConditionalGeneration(T5GemmaConfig(encoder=module.to_dict(), decoder=module.to_dict()))
     randomize_(model, seed=seed)
     model.save_pretrained(folder)
@@ -195,13 +221,22 @@ def build_tiny_t5gemma2(folder: str | Path, seed: int = 0, linear_rope_factor: f
     full-attention layers as the 270M model has)."""
     from transformers import T5Gemma2Config, T5Gemma2ForConditionalGeneration
 
-    rope = {"full_attention": {"rope_type": "linear", "factor": linear_rope_factor, "rope_theta": 1_000_000.0},
-            "sliding_attention": {"rope_type": "default", "rope_theta": 10_000.0}}  # fmt: skip
+    rope = {
+        "full_attention": {"rope_type": "linear", "factor": linear_rope_factor, "rope_theta": 1_000_000.0},
+        "sliding_attention": {"rope_type": "default", "rope_theta": 10_000.0},
+    }
     text = _tiny_text_config(rope_parameters=rope)
-    vision = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2, image_size=28,
-                  patch_size=14)  # fmt: skip
-    encoder = {"text_config": text, "vision_config": vision, "mm_tokens_per_image": 4, "eoi_token_index": T5GEMMA2_EOI,
-               "boi_token_index": 301, "image_token_index": 302}  # fmt: skip
+    vision = dict(
+        hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2, image_size=28, patch_size=14
+    )
+    encoder = {
+        "text_config": text,
+        "vision_config": vision,
+        "mm_tokens_per_image": 4,
+        "eoi_token_index": T5GEMMA2_EOI,
+        "boi_token_index": 301,
+        "image_token_index": 302,
+    }
     model = T5Gemma2ForConditionalGeneration(
         T5Gemma2Config(encoder=encoder, decoder=text, eoi_token_index=T5GEMMA2_EOI, image_token_index=302)
     )

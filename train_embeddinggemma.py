@@ -5,7 +5,8 @@ regulariser and embedding-matching distillation, all at every Matryoshka dim; th
     python train_embeddinggemma.py train MODEL_DIR OUTPUT_DIR --data sick:../shared/data/sick/SICK_train.txt \\
         --data stsb:../shared/data/stsbenchmark/sts-train.csv --teacher TEACHER_DIR [--max-steps 200]
     python train_embeddinggemma.py soup OUTPUT_DIR CHECKPOINT [CHECKPOINT ...] [--weights 0.5,0.5]
-    python train_embeddinggemma.py evaluate MODEL_DIR --sts-file ../shared/data/stsbenchmark/sts-test.csv [--prompt-name STS]
+    python train_embeddinggemma.py evaluate MODEL_DIR --sts-file ../shared/data/stsbenchmark/sts-test.csv \
+        [--prompt-name STS]
 
 Every loss is sentence-transformers' own, composed here (arXiv 2509.20354, section 3):
 - NCE: `MultipleNegativesRankingLoss(hardness_mode="hard_negatives", hardness_strength=5)`, negatives gathered
@@ -114,8 +115,9 @@ def split_by_columns(rows: list[dict]) -> dict[str, list[dict]]:
 # ----------------------------------------------------------------------------------------------------------------
 
 
-def teacher_embeddings(teacher: str, rows: list[dict], prompts: dict[str, str], cache_dir: str | os.PathLike,
-                       batch_size: int = 32) -> np.ndarray:  # fmt: skip
+def teacher_embeddings(
+    teacher: str, rows: list[dict], prompts: dict[str, str], cache_dir: str | os.PathLike, batch_size: int = 32
+) -> np.ndarray:
     """(len(rows), columns, dim) teacher embeddings of every column (with its prompt), computed once: the cache key
     covers the teacher's files, the texts and the prompts, so a change to any of them recomputes."""
     from embed_corpus import fingerprint_folder
@@ -151,8 +153,16 @@ class EmbeddingGemmaRecipeLoss(nn.Module):
     forward pass of every text column. Wrap in `MatryoshkaLoss` (see `recipe_loss`) for every Matryoshka dim.
     `labels`: teacher embeddings (batch, columns, dim), or None without distillation."""
 
-    def __init__(self, model, nce_weight: float = 1.0, gor_weight: float = 1.0, distill_weight: float = 1.0,
-                 scale: float = 20.0, hardness_strength: float = 5.0, gather_across_devices: bool = True):  # fmt: skip
+    def __init__(
+        self,
+        model,
+        nce_weight: float = 1.0,
+        gor_weight: float = 1.0,
+        distill_weight: float = 1.0,
+        scale: float = 20.0,
+        hardness_strength: float = 5.0,
+        gather_across_devices: bool = True,
+    ):
         super().__init__()
         from sentence_transformers.sentence_transformer.losses import (
             EmbedDistillLoss,
@@ -163,9 +173,12 @@ class EmbeddingGemmaRecipeLoss(nn.Module):
         self.model = model
         self.weights = {"nce": nce_weight, "gor": gor_weight, "distill": distill_weight}
         self.nce = MultipleNegativesRankingLoss(
-            model, scale=scale, gather_across_devices=gather_across_devices, hardness_mode="hard_negatives",
+            model,
+            scale=scale,
+            gather_across_devices=gather_across_devices,
+            hardness_mode="hard_negatives",
             hardness_strength=hardness_strength,
-        )  # fmt: skip
+        )
         self.gor = GlobalOrthogonalRegularizationLoss(model, mean_weight=0, aggregation="sum")
         self.distill = EmbedDistillLoss(model, distance_metric="l2")
 
@@ -186,8 +199,10 @@ class EmbeddingGemmaRecipeLoss(nn.Module):
             parts["gor"] = sum(self.gor.compute_loss_from_embeddings(embeddings).values())
         if self.weights["distill"]:
             if labels is None or not torch.is_tensor(labels) or labels.dim() != 3:
-                raise ValueError("Distillation needs teacher embeddings as labels, shaped (batch, columns, dim); "
-                                 "pass --teacher or set --distill-weight 0.")  # fmt: skip
+                raise ValueError(
+                    "Distillation needs teacher embeddings as labels, shaped (batch, columns, dim); "
+                    "pass --teacher or set --distill-weight 0."
+                )
             # At a Matryoshka dim d the student is the first d dims re-normalised; compare it with the teacher's
             # first d dims re-normalised too (MatryoshkaLoss only truncates the labels).
             dim = embeddings[0].shape[-1]
@@ -208,16 +223,37 @@ def recipe_loss(model, matryoshka_dims: list[int], **weights):
 # ----------------------------------------------------------------------------------------------------------------
 
 
-def train(model_dir: str, output_dir: str, data: list[str] | list[dict], teacher: str | None = None, *,
-          nce_weight: float = 1.0, gor_weight: float = 1.0, distill_weight: float = 1.0, max_steps: int = 100,
-          batch_size: int = 32, learning_rate: float = 2e-5, warmup: float = 0.1,  # a fraction of max_steps
-          query_prompt: str | None = "query", document_prompt: str | None = "document", bf16: bool | None = None,
-          gradient_checkpointing: bool = True, save_steps: int = 50, resume: bool = False, seed: int = 0,
-          cache_dir: str | None = None, logging_steps: int = 10) -> Path:  # fmt: skip
+def train(
+    model_dir: str,
+    output_dir: str,
+    data: list[str] | list[dict],
+    teacher: str | None = None,
+    *,
+    nce_weight: float = 1.0,
+    gor_weight: float = 1.0,
+    distill_weight: float = 1.0,
+    max_steps: int = 100,
+    batch_size: int = 32,
+    learning_rate: float = 2e-5,
+    warmup: float = 0.1,  # a fraction of max_steps
+    query_prompt: str | None = "query",
+    document_prompt: str | None = "document",
+    bf16: bool | None = None,
+    gradient_checkpointing: bool = True,
+    save_steps: int = 50,
+    resume: bool = False,
+    seed: int = 0,
+    cache_dir: str | None = None,
+    logging_steps: int = 10,
+) -> Path:
     """Fine-tunes MODEL_DIR with the recipe; returns OUTPUT_DIR/final (our format). Checkpoints go to
     OUTPUT_DIR/checkpoint-N; `resume=True` continues from the last one."""
     from datasets import Dataset, DatasetDict
-    from sentence_transformers import SentenceTransformer, SentenceTransformerTrainer, SentenceTransformerTrainingArguments
+    from sentence_transformers import (
+        SentenceTransformer,
+        SentenceTransformerTrainer,
+        SentenceTransformerTrainingArguments,
+    )
 
     rows = load_data(data) if data and isinstance(data[0], str) else list(data)
     if not rows:
@@ -246,18 +282,33 @@ def train(model_dir: str, output_dir: str, data: list[str] | list[dict], teacher
     import transformers
 
     # transformers 5 takes the warm-up ratio as a float `warmup_steps`; 4.x has `warmup_ratio`
-    warmup_args = {"warmup_steps": warmup} if int(transformers.__version__.split(".")[0]) >= 5 else {"warmup_ratio": warmup}
+    warmup_args = (
+        {"warmup_steps": warmup} if int(transformers.__version__.split(".")[0]) >= 5 else {"warmup_ratio": warmup}
+    )
     if bf16 is None:
         bf16 = torch.cuda.is_available() and torch.cuda.is_bf16_supported()  # CPUs without native bf16: slower
     args = SentenceTransformerTrainingArguments(
-        output_dir=str(output_dir), max_steps=max_steps, per_device_train_batch_size=batch_size,
-        learning_rate=learning_rate, **warmup_args, bf16=bf16, gradient_checkpointing=gradient_checkpointing,
-        save_steps=save_steps, save_total_limit=2, logging_steps=logging_steps, report_to=[], seed=seed,
-        data_seed=seed, dataloader_drop_last=True, prompts=prompts, batch_sampler="no_duplicates",
+        output_dir=str(output_dir),
+        max_steps=max_steps,
+        per_device_train_batch_size=batch_size,
+        learning_rate=learning_rate,
+        **warmup_args,
+        bf16=bf16,
+        gradient_checkpointing=gradient_checkpointing,
+        save_steps=save_steps,
+        save_total_limit=2,
+        logging_steps=logging_steps,
+        report_to=[],
+        seed=seed,
+        data_seed=seed,
+        dataloader_drop_last=True,
+        prompts=prompts,
+        batch_sampler="no_duplicates",
         use_cpu=not torch.cuda.is_available(),
-    )  # fmt: skip
-    loss = recipe_loss(model, config.matryoshka_dims, nce_weight=nce_weight, gor_weight=gor_weight,
-                       distill_weight=distill_weight)  # fmt: skip
+    )
+    loss = recipe_loss(
+        model, config.matryoshka_dims, nce_weight=nce_weight, gor_weight=gor_weight, distill_weight=distill_weight
+    )
     trainer = SentenceTransformerTrainer(model=model, args=args, train_dataset=train_dataset, loss=loss)
     has_checkpoint = any(Path(output_dir).glob("checkpoint-*"))
     trainer.train(resume_from_checkpoint=True if resume and has_checkpoint else None)
@@ -324,7 +375,9 @@ def evaluate(model_dir: str, sts_file: str, prompt_name: str | None = None, batc
     if prompt_name is not None and prompt_name not in model.prompts:
         raise ValueError(f"Unknown --prompt-name {prompt_name!r}; this model knows {sorted(model.prompts)}.")
     texts = sorted({t for a, b, _ in pairs for t in (a, b)})
-    vectors = dict(zip(texts, model.encode(texts, prompt_name=prompt_name, batch_size=batch_size, convert_to_numpy=True)))
+    vectors = dict(
+        zip(texts, model.encode(texts, prompt_name=prompt_name, batch_size=batch_size, convert_to_numpy=True))
+    )
     full = model.get_sentence_embedding_dimension()
     config = getattr(getattr(model[0], "auto_model", None), "config", None)
     dims = list(getattr(config, "matryoshka_dims", None) or [full] + [d for d in (512, 256, 128) if d < full])
@@ -355,7 +408,9 @@ def main(argv: list[str] | None = None) -> int:
     t.add_argument("--save-steps", type=int, default=50)
     t.add_argument("--resume", action="store_true", help="continue from the last checkpoint in OUTPUT_DIR")
     t.add_argument("--no-gradient-checkpointing", dest="gradient_checkpointing", action="store_false")
-    t.add_argument("--bf16", action="store_true", default=None, help="bfloat16 mixed precision (default: on GPUs with bf16)")
+    t.add_argument(
+        "--bf16", action="store_true", default=None, help="bfloat16 mixed precision (default: on GPUs with bf16)"
+    )
     t.add_argument("--cache-dir", help="teacher-embedding cache (default OUTPUT_DIR/teacher-cache)")
     t.add_argument("--seed", type=int, default=0)
     s = commands.add_parser("soup", help="average checkpoints")
@@ -370,14 +425,25 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "train":
             final = train(
-                args.model_dir, args.output_dir, args.data, args.teacher, nce_weight=args.nce_weight,
-                gor_weight=args.gor_weight, distill_weight=args.distill_weight, max_steps=args.max_steps,
-                batch_size=args.batch_size, learning_rate=args.learning_rate,
+                args.model_dir,
+                args.output_dir,
+                args.data,
+                args.teacher,
+                nce_weight=args.nce_weight,
+                gor_weight=args.gor_weight,
+                distill_weight=args.distill_weight,
+                max_steps=args.max_steps,
+                batch_size=args.batch_size,
+                learning_rate=args.learning_rate,
                 query_prompt=None if args.query_prompt == "none" else args.query_prompt,
                 document_prompt=None if args.document_prompt == "none" else args.document_prompt,
-                bf16=args.bf16, gradient_checkpointing=args.gradient_checkpointing, save_steps=args.save_steps,
-                resume=args.resume, seed=args.seed, cache_dir=args.cache_dir,
-            )  # fmt: skip
+                bf16=args.bf16,
+                gradient_checkpointing=args.gradient_checkpointing,
+                save_steps=args.save_steps,
+                resume=args.resume,
+                seed=args.seed,
+                cache_dir=args.cache_dir,
+            )
             print(f"Wrote {final}")
         elif args.command == "soup":
             print(f"Wrote {soup(args.output_dir, args.checkpoints, args.weights)}")

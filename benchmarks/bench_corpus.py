@@ -19,13 +19,16 @@ from pathlib import Path
 import numpy as np
 import pyarrow.parquet as pq
 
+
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from embed_corpus import embed_corpus  # noqa: E402
 
 
-WORDS = ("the planet mars is red and the sky is blue while a quiet river carries sediment towards the delta every "
-         "spring and scientists measure its slow orbit around a distant star").split()  # fmt: skip
+WORDS = (
+    "the planet mars is red and the sky is blue while a quiet river carries sediment towards the delta every "
+    "spring and scientists measure its slow orbit around a distant star"
+).split()
 
 
 def make_corpus(path: Path, docs: int) -> list[str]:
@@ -69,7 +72,10 @@ def main() -> int:
 
     runs = [("embed_corpus --local", {"local": True})]
     if not args.smoke:
-        runs += [("embed_corpus Ray, 1 worker", {"num_workers": 1}), ("embed_corpus Ray, 2 workers", {"num_workers": 2})]
+        runs += [
+            ("embed_corpus Ray, 1 worker", {"num_workers": 1}),
+            ("embed_corpus Ray, 2 workers", {"num_workers": 2}),
+        ]
     for name, kwargs in runs:
         out = work / name.replace(" ", "_").replace(",", "")
         started = time.perf_counter()
@@ -81,10 +87,13 @@ def main() -> int:
         rows.append((name, seconds, float(np.abs(vectors - reference[ids]).max())))
 
     print(f"\n{docs} documents, {tokens} tokens, torch {torch.__version__}, {os.cpu_count()} CPUs")
-    print(f"| run | seconds | docs/s | tokens/s | vs plain encode | max abs diff vs plain |")
+    print("| run | seconds | docs/s | tokens/s | vs plain encode | max abs diff vs plain |")
     print("|---|---|---|---|---|---|")
     for name, seconds, diff in rows:
-        print(f"| {name} | {seconds:.1f} | {docs / seconds:.1f} | {tokens / seconds:.0f} | {plain / seconds:.2f}x | {diff:.1e} |")
+        print(
+            f"| {name} | {seconds:.1f} | {docs / seconds:.1f} | {tokens / seconds:.0f} | {plain / seconds:.2f}x "
+            f"| {diff:.1e} |"
+        )
     return 0
 
 

@@ -30,12 +30,15 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 STSB = REPO.parent / "shared" / "data" / "stsbenchmark"
 
-WORDS = ("a man is playing a guitar while the planet mars looks red in the evening sky and a river carries sediment "
-         "towards the delta every spring as scientists measure the slow orbit of a distant moon").split()  # fmt: skip
+WORDS = (
+    "a man is playing a guitar while the planet mars looks red in the evening sky and a river carries sediment "
+    "towards the delta every spring as scientists measure the slow orbit of a distant moon"
+).split()
 
 
 def read_stsb(split: str = "test") -> list[tuple[str, str, float]]:
@@ -74,7 +77,10 @@ def gemm_ceiling(model, tokens: int = 4096, repeats: int = 3) -> dict:
     inputs = {m.in_features: torch.randn(tokens, m.in_features) for m in linears}
     rates = {}
     with torch.no_grad():
-        for name, product in (("torch default", lambda m, x: F.linear(x, m.weight)), ("oneDNN", model.model.fast_path.onednn_linear)):
+        for name, product in (
+            ("torch default", lambda m, x: F.linear(x, m.weight)),
+            ("oneDNN", model.model.fast_path.onednn_linear),
+        ):
             for m in linears:  # warm-up (and packing)
                 product(m, inputs[m.in_features])
             best = float("inf")
@@ -100,8 +106,8 @@ def load_sentence_transformers(ctx):
 
 
 def load_native(ctx):
-    from transformers import AutoTokenizer, Gemma3TextModel
     from safetensors.torch import load_file
+    from transformers import AutoTokenizer, Gemma3TextModel
 
     native = Gemma3TextModel.from_pretrained(ctx["source"], attn_implementation="sdpa").eval()
     tokenizer = AutoTokenizer.from_pretrained(ctx["source"])
@@ -113,8 +119,13 @@ def load_native(ctx):
     def run(texts, batch_size=32):
         outputs = []
         for start in range(0, len(texts), batch_size):
-            batch = tokenizer(texts[start : start + batch_size], padding=True, truncation=True,
-                              max_length=ctx["max_length"], return_tensors="pt")  # fmt: skip
+            batch = tokenizer(
+                texts[start : start + batch_size],
+                padding=True,
+                truncation=True,
+                max_length=ctx["max_length"],
+                return_tensors="pt",
+            )
             hidden = native(**batch).last_hidden_state
             mask = batch["attention_mask"][..., None].float()
             pooled = (hidden * mask).sum(1) / mask.sum(1)
@@ -134,8 +145,9 @@ def load_ours(ctx, quantize=None, skip=None, fast=True, batch_size=None, max_bat
     if quantize:
         quantization = sys.modules[type(model).__module__.replace("modeling_", "quantization_")]
         quantization.quantize_int8(model, **({} if skip is None else {"skip": skip}))
-    return lambda texts: model.encode(texts, batch_size=batch_size, max_batch_tokens=max_batch_tokens,
-                                      show_progress_bar=False)  # fmt: skip
+    return lambda texts: model.encode(
+        texts, batch_size=batch_size, max_batch_tokens=max_batch_tokens, show_progress_bar=False
+    )
 
 
 def load_onnx(ctx):
@@ -162,9 +174,16 @@ def load_onnx(ctx):
         input_ids = torch.full((2, length), 5, dtype=torch.long)
         attention_mask = torch.ones(2, length, dtype=torch.long)
         attention_mask[1, length // 2 :] = 0  # padding: the padding mask is traced
-        torch.onnx.export(Wrapper(model), (input_ids, attention_mask), str(path), dynamo=False, opset_version=17,
-                          input_names=["input_ids", "attention_mask"], output_names=["sentence_embedding"],
-                          dynamic_axes={"input_ids": {0: "batch", 1: "length"}, "attention_mask": {0: "batch", 1: "length"}})  # fmt: skip
+        torch.onnx.export(
+            Wrapper(model),
+            (input_ids, attention_mask),
+            str(path),
+            dynamo=False,
+            opset_version=17,
+            input_names=["input_ids", "attention_mask"],
+            output_names=["sentence_embedding"],
+            dynamic_axes={"input_ids": {0: "batch", 1: "length"}, "attention_mask": {0: "batch", 1: "length"}},
+        )
     options = onnxruntime.SessionOptions()
     options.intra_op_num_threads = torch.get_num_threads()
     session = onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
@@ -258,7 +277,9 @@ def main() -> int:
     parser.add_argument("--smoke", action="store_true")
     parser.add_argument("--workloads", default="short,documents,mixed")
     parser.add_argument("--systems", default=",".join(SYSTEMS), help="comma-separated names (default: all)")
-    parser.add_argument("--rss", action="store_true", help="also load time and peak RSS per system, each in a new process")
+    parser.add_argument(
+        "--rss", action="store_true", help="also load time and peak RSS per system, each in a new process"
+    )
     parser.add_argument("--sts", action="store_true", help="also STS-B Spearman for float32 and the int8 variants")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     parser.add_argument("--child-context", help=argparse.SUPPRESS)
@@ -292,12 +313,16 @@ def main() -> int:
     del reference_model
     rng = np.random.default_rng(0)
     counts = {"short": 16, "documents": 3, "mixed": 6} if ctx["smoke"] else {"short": 512, "documents": 10, "mixed": 24}
-    print("fp32 GEMM ceiling (the encoder's linear layers alone, 4,096 rows): "
-          + ", ".join(f"{name} {rate:.0f} tokens/s" for name, rate in ceiling.items()))
+    print(
+        "fp32 GEMM ceiling (the encoder's linear layers alone, 4,096 rows): "
+        + ", ".join(f"{name} {rate:.0f} tokens/s" for name, rate in ceiling.items())
+    )
     ceiling = max(ceiling.values())
     print()
-    print("| workload | system | texts/s (median) | tokens/s (median) | range tokens/s | vs ST | min cosine vs ST | "
-          "max abs vs ours reference path |")  # fmt: skip
+    print(
+        "| workload | system | texts/s (median) | tokens/s (median) | range tokens/s | vs ST | min cosine vs ST | "
+        "max abs vs ours reference path |"
+    )
     print("|---|---|---|---|---|---|---|---|")
     for name in workloads:
         count = counts[name]
@@ -321,17 +346,24 @@ def main() -> int:
             if REFERENCE_PATH in vectors and system.startswith("ours") and "int8" not in system:
                 exact = f"{np.abs(vectors[system] - vectors[REFERENCE_PATH]).max():.1e}"
             low, high = tokens / max(times[system]), tokens / min(times[system])
-            print(f"| {label} | {system} | {count / median:.2f} | {tokens / median:.0f} | {low:.0f}-{high:.0f} | "
-                  f"{base / median:.2f}x | {cosine:.6f} | {exact} |")  # fmt: skip
-        print(f"| {label} | fp32 GEMM ceiling (linear layers only, 4,096 rows) | | {ceiling:.0f} | | "
-              f"{ceiling / (tokens / base):.2f}x | | |")  # fmt: skip
+            print(
+                f"| {label} | {system} | {count / median:.2f} | {tokens / median:.0f} | {low:.0f}-{high:.0f} | "
+                f"{base / median:.2f}x | {cosine:.6f} | {exact} |"
+            )
+        print(
+            f"| {label} | fp32 GEMM ceiling (linear layers only, 4,096 rows) | | {ceiling:.0f} | | "
+            f"{ceiling / (tokens / base):.2f}x | | |"
+        )
 
     if args.rss:
         print("\n| system | load time (s) | peak RSS (MiB), load + one mixed-workload encode |\n|---|---|---|")
         context = json.dumps({**ctx, "count": counts["mixed"]})
         for system in names:
-            result = subprocess.run([sys.executable, __file__, "--child", system, "--child-context", context],
-                                    capture_output=True, text=True)  # fmt: skip
+            result = subprocess.run(
+                [sys.executable, __file__, "--child", system, "--child-context", context],
+                capture_output=True,
+                text=True,
+            )
             if result.returncode:
                 print(f"| {system} | failed: {result.stderr.strip().splitlines()[-1:]} | |")
                 continue
@@ -342,7 +374,10 @@ def main() -> int:
         if not STSB.is_dir():
             print("\n--sts needs ../shared/data/stsbenchmark")
         else:
-            print("\n| system | STS-B test Spearman @768 | @256 | min cosine vs fp32 | mean cosine vs fp32 |\n|---|---|---|---|---|")
+            print(
+                "\n| system | STS-B test Spearman @768 | @256 | min cosine vs fp32 | mean cosine vs fp32 |"
+                "\n|---|---|---|---|---|"
+            )
             prompt = "task: sentence similarity | query: "
             rows = read_stsb("test")
             sentences = [prompt + s for a, b, _ in rows for s in (a, b)]
@@ -352,7 +387,9 @@ def main() -> int:
                 scores = spearman_sts(vectors[0::2], vectors[1::2], [gold for _, _, gold in rows])
                 base_vectors = vectors if base_vectors is None else base_vectors
                 cosine = (vectors * base_vectors).sum(-1)
-                print(f"| {system} | {scores[768]:.2f} | {scores[256]:.2f} | {cosine.min():.5f} | {cosine.mean():.5f} |")
+                print(
+                    f"| {system} | {scores[768]:.2f} | {scores[256]:.2f} | {cosine.min():.5f} | {cosine.mean():.5f} |"
+                )
     return 0
 
 

@@ -7,18 +7,29 @@ from conftest import REPO
 
 
 def test_bench_corpus_smoke():
-    result = subprocess.run([sys.executable, str(REPO / "benchmarks" / "bench_corpus.py"), "--smoke"],
-                            capture_output=True, text=True, timeout=600)  # fmt: skip
+    result = subprocess.run(
+        [sys.executable, str(REPO / "benchmarks" / "bench_corpus.py"), "--smoke"],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     assert "| embed_corpus --local |" in result.stdout and "| 0.0e+00 |" in result.stdout
 
 
 def test_bench_inference_smoke():
-    result = subprocess.run([sys.executable, str(REPO / "benchmarks" / "bench_inference.py"), "--smoke", "--repeats", "1"],
-                            capture_output=True, text=True, timeout=900)  # fmt: skip
+    result = subprocess.run(
+        [sys.executable, str(REPO / "benchmarks" / "bench_inference.py"), "--smoke", "--repeats", "1"],
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
-    rows = [[cell.strip() for cell in line.split("|")[1:-1]] for line in result.stdout.splitlines()
-            if line.startswith(("| short", "| documents", "| mixed")) and "GEMM ceiling" not in line]  # fmt: skip
+    rows = [
+        [cell.strip() for cell in line.split("|")[1:-1]]
+        for line in result.stdout.splitlines()
+        if line.startswith(("| short", "| documents", "| mixed")) and "GEMM ceiling" not in line
+    ]
     systems = {row[1] for row in rows}
     assert {"sentence-transformers", "transformers-native", "onnxruntime fp32", "ours int8 (down_proj fp32)"} <= systems
     assert len(rows) == 3 * len(systems)

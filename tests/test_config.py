@@ -46,7 +46,10 @@ def test_radius_equals_transformers_bidirectional_gemma3(window):
 
 def test_window_conventions():
     assert EmbeddingGemmaConfig(sliding_window=512, sliding_window_convention="t5gemma2").attention_window == (255, 256)
-    assert EmbeddingGemmaConfig(sliding_window=4096, sliding_window_convention="t5gemma").attention_window == (4096, 4096)
+    assert EmbeddingGemmaConfig(sliding_window=4096, sliding_window_convention="t5gemma").attention_window == (
+        4096,
+        4096,
+    )
 
 
 @pytest.mark.parametrize(
@@ -57,7 +60,7 @@ def test_window_conventions():
         ({"num_attention_heads": 3, "num_key_value_heads": 2}, "not a multiple"),
         ({"sliding_window_convention": "gemma2"}, "sliding_window_convention='gemma2' is not supported"),
         ({"pooling_mode": "first"}, "pooling_mode=.first. is not supported"),
-            ({"sliding_window": True}, "sliding_window=True must be a positive int"),
+        ({"sliding_window": True}, "sliding_window=True must be a positive int"),
         ({"matryoshka_dims": [1024, 768]}, r"matryoshka_dims \[1024\] must be .* no larger than .* 768"),
         ({"default_prompt_name": "nope"}, "default_prompt_name='nope' is not one of the prompts"),
         ({"document_title_template": "title: x | text: "}, "must contain"),
@@ -70,7 +73,18 @@ def test_invalid_configs_say_what_is_wrong(kwargs, message):
 
 def test_prompts_are_the_reference_table():
     assert list(EMBEDDINGGEMMA_PROMPTS) == [
-        "query", "document", "BitextMining", "Clustering", "Classification", "InstructionRetrieval",
-        "MultilabelClassification", "PairClassification", "Reranking", "Retrieval", "Retrieval-query",
-        "Retrieval-document", "STS", "Summarization",
-    ]  # fmt: skip
+        "query",
+        "document",
+        "BitextMining",
+        "Clustering",
+        "Classification",
+        "InstructionRetrieval",
+        "MultilabelClassification",
+        "PairClassification",
+        "Reranking",
+        "Retrieval",
+        "Retrieval-query",
+        "Retrieval-document",
+        "STS",
+        "Summarization",
+    ]

@@ -10,7 +10,6 @@ from safetensors.torch import load_file, save_file
 from sentence_transformers import SentenceTransformer
 from transformers import AutoModel, AutoTokenizer
 
-import convert_checkpoint
 from conftest import TEXTS, run_isolated
 from convert_checkpoint import ConversionError, convert, main
 
@@ -28,8 +27,14 @@ def encode_ours(folder, texts, prompt="", truncate_dim=None):
 
 def test_output_folder_is_self_contained(tiny_converted_dir):
     files = {p.name for p in tiny_converted_dir.iterdir()}
-    assert {"config.json", "model.safetensors", "configuration_embeddinggemma.py", "modeling_embeddinggemma.py",
-            "tokenizer.json", "tokenizer_config.json"} <= files  # fmt: skip
+    assert {
+        "config.json",
+        "model.safetensors",
+        "configuration_embeddinggemma.py",
+        "modeling_embeddinggemma.py",
+        "tokenizer.json",
+        "tokenizer_config.json",
+    } <= files
     config = json.loads((tiny_converted_dir / "config.json").read_text())
     # transformers' Gemma 3 reads this encoder exactly, so the folder says so (AutoTokenizer needs no remote code)
     assert config["model_type"] == "gemma3_text" and config["use_bidirectional_attention"] is True
@@ -100,7 +105,7 @@ def test_refuses_a_non_empty_output_without_overwrite(tiny_st_dir, tmp_path, cap
 def copy_source(tiny_st_dir, tmp_path):
     source = tmp_path / "source"
     shutil.copytree(tiny_st_dir, source)
-    shutil.copytree(tiny_st_dir.parent / f"{tiny_st_dir.name}-backbone", tmp_path / f"source-backbone")
+    shutil.copytree(tiny_st_dir.parent / f"{tiny_st_dir.name}-backbone", tmp_path / "source-backbone")
     return source
 
 

@@ -58,7 +58,7 @@ def converted(request, tmp_path_factory):
     kind, build = BUILDERS[request.param]
     root = tmp_path_factory.mktemp(request.param)
     source_model = build(root / "source")
-    output = convert(str(root / "source"), root / "converted", kind)
+    convert(str(root / "source"), root / "converted", kind)
     return request.param, source_model, root
 
 
@@ -161,7 +161,9 @@ def test_verification_failure_writes_nothing(gemma3_source, tmp_path, monkeypatc
 
         def perturbed():
             run = make()
-            return lambda ids, mask: (lambda what, hidden: (what, hidden + 0.5 * torch.randn_like(hidden)))(*run(ids, mask))
+            return lambda ids, mask: (lambda what, hidden: (what, hidden + 0.5 * torch.randn_like(hidden)))(
+                *run(ids, mask)
+            )
 
         source.reference = perturbed
         return source
@@ -220,8 +222,9 @@ def test_sentence_transformers_round_trip_is_bit_identical(tiny_st_dir, tiny_con
         assert all(torch.equal(ours[k], theirs[k]) for k in theirs), name
 
     modules = json.loads((exported / "modules.json").read_text())
-    assert [m["type"] for m in modules] == [f"sentence_transformers.models.{t}" for t in
-                                            ("Transformer", "Pooling", "Dense", "Dense", "Normalize")]  # fmt: skip
+    assert [m["type"] for m in modules] == [
+        f"sentence_transformers.models.{t}" for t in ("Transformer", "Pooling", "Dense", "Dense", "Normalize")
+    ]
     pooling = json.loads((exported / "1_Pooling" / "config.json").read_text())
     assert pooling["pooling_mode_mean_tokens"] is True and pooling["include_prompt"] is True
     config = json.loads((exported / "config.json").read_text())
@@ -262,16 +265,37 @@ def test_push_to_hub_uploads_the_verified_folder(tiny_st_dir, tmp_path, monkeypa
 
     monkeypatch.setattr(HfApi, "create_repo", create_repo)
     monkeypatch.setattr(HfApi, "create_commit", create_commit)
-    code = convert_checkpoint.main(["--from", "sentence-transformers", str(tiny_st_dir), str(tmp_path / "out"),
-                                    "--push-to-hub", "me/tiny-embeddinggemma", "--private",
-                                    "--base-model", "google/embeddinggemma-300m"])  # fmt: skip
+    code = convert_checkpoint.main(
+        [
+            "--from",
+            "sentence-transformers",
+            str(tiny_st_dir),
+            str(tmp_path / "out"),
+            "--push-to-hub",
+            "me/tiny-embeddinggemma",
+            "--private",
+            "--base-model",
+            "google/embeddinggemma-300m",
+        ]
+    )
     assert code == 0
     assert calls[0] == ("create_repo", "me/tiny-embeddinggemma", True, True)
     uploaded = calls[1][2]
-    assert {"README.md", "config.json", "model.safetensors", "modeling_embeddinggemma.py", "tokenizer.json",
-            "modules.json", "config_sentence_transformers.json", "pipeline_embeddinggemma.py"} <= set(uploaded)  # fmt: skip
+    assert {
+        "README.md",
+        "config.json",
+        "model.safetensors",
+        "modeling_embeddinggemma.py",
+        "tokenizer.json",
+        "modules.json",
+        "config_sentence_transformers.json",
+        "pipeline_embeddinggemma.py",
+    } <= set(uploaded)
     card = (tmp_path / "out" / "README.md").read_text()
-    assert "base_model:\n- google/embeddinggemma-300m" in card and 'AutoModel.from_pretrained("me/tiny-embeddinggemma"' in card
+    assert (
+        "base_model:\n- google/embeddinggemma-300m" in card
+        and 'AutoModel.from_pretrained("me/tiny-embeddinggemma"' in card
+    )
     assert "minimum cosine" in card
     assert "uploaded: https://huggingface.co/me/tiny-embeddinggemma/commit/0" in capsys.readouterr().out
 
@@ -279,10 +303,13 @@ def test_push_to_hub_uploads_the_verified_folder(tiny_st_dir, tmp_path, monkeypa
         raise OSError("no network")
 
     monkeypatch.setattr(HfApi, "create_repo", offline)
-    code = convert_checkpoint.main(["--from", "sentence-transformers", str(tiny_st_dir), str(tmp_path / "out2"),
-                                    "--push-to-hub", "me/x"])  # fmt: skip
+    code = convert_checkpoint.main(
+        ["--from", "sentence-transformers", str(tiny_st_dir), str(tmp_path / "out2"), "--push-to-hub", "me/x"]
+    )
     assert code == 2
-    assert "Uploading to 'me/x' failed (OSError: no network). The converted folder is complete" in capsys.readouterr().err
+    assert (
+        "Uploading to 'me/x' failed (OSError: no network). The converted folder is complete" in capsys.readouterr().err
+    )
     assert (tmp_path / "out2" / "model.safetensors").is_file()  # nothing lost
 
 
@@ -293,7 +320,9 @@ def test_t5gemma2_keys_with_the_text_model_segment(tmp_path):
     weights = load_file(tmp_path / "plain" / "model.safetensors")
     renamed = {}
     for key, value in weights.items():
-        if key.startswith("model.encoder.") and not key.startswith(("model.encoder.vision_tower.", "model.encoder.multi_modal_projector.")):
+        if key.startswith("model.encoder.") and not key.startswith(
+            ("model.encoder.vision_tower.", "model.encoder.multi_modal_projector.")
+        ):
             key = "model.encoder.text_model." + key[len("model.encoder.") :]
         renamed[key] = value
     assert any(k.startswith("model.encoder.text_model.layers.") for k in renamed)

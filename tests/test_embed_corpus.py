@@ -72,10 +72,19 @@ def test_local_run_equals_encode(tiny_converted_dir, corpus, expected, tmp_path)
 def test_titles_truncation_and_bfloat16(tiny_converted_dir, corpus, tmp_path):
     path, records = corpus
     model = AutoModel.from_pretrained(tiny_converted_dir, trust_remote_code=True)
-    embed_corpus(str(tiny_converted_dir), path, tmp_path / "t", local=True, title_column="title", truncate_dim=16,
-                 precision="bfloat16")  # fmt: skip
+    embed_corpus(
+        str(tiny_converted_dir),
+        path,
+        tmp_path / "t",
+        local=True,
+        title_column="title",
+        truncate_dim=16,
+        precision="bfloat16",
+    )
     output = read_output(tmp_path / "t")
-    reference = model.encode_document([r["text"] for r in records], titles=[r["title"] for r in records], truncate_dim=16)
+    reference = model.encode_document(
+        [r["text"] for r in records], titles=[r["title"] for r in records], truncate_dim=16
+    )
     for record, vector in zip(records, reference):
         assert output[record["id"]].shape == (16,)
         assert np.abs(output[record["id"]] - vector).max() <= 2**-8  # bfloat16 rounding
@@ -83,15 +92,25 @@ def test_titles_truncation_and_bfloat16(tiny_converted_dir, corpus, tmp_path):
 
 def run_cli(args, env_extra=None):
     env = {**os.environ, **(env_extra or {})}
-    return subprocess.run([sys.executable, str(REPO / "embed_corpus.py"), *args], env=env, capture_output=True,
-                          text=True, timeout=600)  # fmt: skip
+    return subprocess.run(
+        [sys.executable, str(REPO / "embed_corpus.py"), *args], env=env, capture_output=True, text=True, timeout=600
+    )
 
 
 @pytest.mark.parametrize("fault", ["2", "2:kill", "2:kill-in-write"])
 def test_killed_midway_then_rerun_gives_each_id_once(tiny_converted_dir, corpus, expected, tmp_path, fault):
     path, _ = corpus
-    args = ["--model", str(tiny_converted_dir), "--input", str(path), "--output", str(tmp_path / "out"), "--local",
-            "--shard-rows", "40"]  # fmt: skip
+    args = [
+        "--model",
+        str(tiny_converted_dir),
+        "--input",
+        str(path),
+        "--output",
+        str(tmp_path / "out"),
+        "--local",
+        "--shard-rows",
+        "40",
+    ]
     first = run_cli(args, {FAULT_ENV: fault})
     assert first.returncode != 0
     parts = sorted(p.name for p in (tmp_path / "out").glob("part-*.parquet"))
@@ -128,8 +147,13 @@ def test_changed_settings_model_or_input_are_refused(tiny_converted_dir, tiny_st
 
 
 def test_bad_rows_fail_or_go_to_rejects(tiny_converted_dir, tmp_path):
-    bad = [{"id": None, "text": "no id"}, {"id": "doc-3", "text": "again"}, {"id": "n", "text": 42},
-           {"id": "m", "text": None}, {"id": 7, "text": "an int id among strings"}]  # fmt: skip
+    bad = [
+        {"id": None, "text": "no id"},
+        {"id": "doc-3", "text": "again"},
+        {"id": "n", "text": 42},
+        {"id": "m", "text": None},
+        {"id": 7, "text": "an int id among strings"},
+    ]
     path = tmp_path / "bad.jsonl"
     write_corpus(path, rows=10, extra=bad)
     with pytest.raises(CorpusError) as error:
@@ -155,11 +179,23 @@ def test_bad_rows_fail_or_go_to_rejects(tiny_converted_dir, tmp_path):
     assert list(read_output(tmp_path / "csv")) == [1]
 
 
-@pytest.mark.skipif(importlib.util.find_spec("ray") is None, reason="Ray is not installed (pip install 'embeddinggemma[ray]')")
+@pytest.mark.skipif(
+    importlib.util.find_spec("ray") is None, reason="Ray is not installed (pip install 'embeddinggemma[ray]')"
+)
 def test_ray_with_two_workers_equals_encode_and_resumes_after_a_failure(tiny_converted_dir, corpus, expected, tmp_path):
     path, _ = corpus
-    args = ["--model", str(tiny_converted_dir), "--input", str(path), "--output", str(tmp_path / "out"),
-            "--num-workers", "2", "--shard-rows", "30"]  # fmt: skip
+    args = [
+        "--model",
+        str(tiny_converted_dir),
+        "--input",
+        str(path),
+        "--output",
+        str(tmp_path / "out"),
+        "--num-workers",
+        "2",
+        "--shard-rows",
+        "30",
+    ]
     first = run_cli(args, {FAULT_ENV: "2"})  # each worker raises after committing 2 shards
     assert first.returncode != 0
     done = len(list((tmp_path / "out").glob("part-*.parquet")))

@@ -8,7 +8,6 @@ import pytest
 import torch
 from transformers import AutoModel, AutoTokenizer
 
-import modeling_embeddinggemma
 from conftest import TEXTS
 from encoding_embeddinggemma import token_length_batches
 
@@ -34,12 +33,19 @@ def manual(tiny_converted_dir, model):
 
 
 def test_encode_query_and_document_equal_manual_prompting(model, manual):
-    assert np.abs(model.encode_query(TEXTS) - manual(["task: search result | query: " + t for t in TEXTS])).max() <= ATOL
+    assert (
+        np.abs(model.encode_query(TEXTS) - manual(["task: search result | query: " + t for t in TEXTS])).max() <= ATOL
+    )
     assert np.abs(model.encode_document(TEXTS) - manual(["title: none | text: " + t for t in TEXTS])).max() <= ATOL
     titled = model.encode_document(TEXTS[:2], titles=["Mars", None])
     expected = manual(["title: Mars | text: " + TEXTS[0], "title: none | text: " + TEXTS[1]])
     assert np.abs(titled - expected).max() <= ATOL
-    assert np.abs(model.encode(TEXTS, prompt_name="STS") - manual(["task: sentence similarity | query: " + t for t in TEXTS])).max() <= ATOL
+    assert (
+        np.abs(
+            model.encode(TEXTS, prompt_name="STS") - manual(["task: sentence similarity | query: " + t for t in TEXTS])
+        ).max()
+        <= ATOL
+    )
     assert np.abs(model.encode(TEXTS, prompt="custom: ") - manual(["custom: " + t for t in TEXTS])).max() <= ATOL
     assert np.abs(model.encode(TEXTS) - manual(TEXTS)).max() <= ATOL  # no default prompt
 
@@ -129,8 +135,12 @@ def test_a_model_built_in_memory_needs_a_tokenizer_set(tiny_converted_dir):
 
 def test_loading_options_people_use(tiny_converted_dir, model):
     expected = model.encode(TEXTS)
-    for kwargs in ({"attn_implementation": "eager"}, {"attn_implementation": "sdpa"}, {"device_map": "cpu"},
-                   {"low_cpu_mem_usage": True}):  # fmt: skip
+    for kwargs in (
+        {"attn_implementation": "eager"},
+        {"attn_implementation": "sdpa"},
+        {"device_map": "cpu"},
+        {"low_cpu_mem_usage": True},
+    ):
         other = AutoModel.from_pretrained(tiny_converted_dir, trust_remote_code=True, **kwargs)
         assert np.abs(other.encode(TEXTS) - expected).max() <= ATOL, kwargs
     half = AutoModel.from_pretrained(tiny_converted_dir, trust_remote_code=True, dtype=torch.bfloat16)

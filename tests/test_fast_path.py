@@ -36,8 +36,9 @@ def assert_paths_agree(model, input_ids, attention_mask, atol=ATOL, **kwargs):
     torch.testing.assert_close(fast.sentence_embedding, reference.sentence_embedding, atol=atol, rtol=0)
     # Hidden states grow to O(10) here; compare them relative to their scale. Padding rows carry no meaning.
     scale = reference.last_hidden_state[real].abs().max()
-    torch.testing.assert_close(fast.last_hidden_state[real] / scale, reference.last_hidden_state[real] / scale,
-                               atol=atol, rtol=0)  # fmt: skip
+    torch.testing.assert_close(
+        fast.last_hidden_state[real] / scale, reference.last_hidden_state[real] / scale, atol=atol, rtol=0
+    )
 
 
 @pytest.mark.parametrize(
@@ -128,8 +129,9 @@ def test_fast_path_bfloat16_stays_close_to_the_reference_path():
     model = tiny_model().to(torch.bfloat16)
     input_ids, attention_mask = make_batch()
     fast, reference = both_paths(model, input_ids=input_ids, attention_mask=attention_mask)
-    torch.testing.assert_close(fast.sentence_embedding.float(), reference.sentence_embedding.float(), atol=BF16_ATOL,
-                               rtol=0)  # fmt: skip
+    torch.testing.assert_close(
+        fast.sentence_embedding.float(), reference.sentence_embedding.float(), atol=BF16_ATOL, rtol=0
+    )
 
 
 def test_packed_batch_layout():
@@ -147,7 +149,9 @@ def test_packed_batch_layout():
 def test_fast_path_on_gpu(dtype):
     model = tiny_model().to("cuda", dtype)
     input_ids, attention_mask = make_batch([40, 33, 7, 1])
-    assert_paths_agree(model, input_ids.cuda(), attention_mask.cuda(), atol=ATOL if dtype == torch.float32 else BF16_ATOL)
+    assert_paths_agree(
+        model, input_ids.cuda(), attention_mask.cuda(), atol=ATOL if dtype == torch.float32 else BF16_ATOL
+    )
 
 
 # ----------------------------------------------------------------------------------------------------------------

@@ -7,7 +7,6 @@ import os
 import re
 
 import pytest
-import torch
 
 from conftest import REFERENCE
 

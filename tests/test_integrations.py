@@ -70,8 +70,12 @@ def test_sentence_transformers_loads_the_converted_folder(tiny_st_dir, tiny_conv
     ours = SentenceTransformer(str(tiny_converted_dir), device="cpu", trust_remote_code=True, truncate_dim=truncate_dim)
     assert ours.prompts == reference.prompts
     assert ours.get_sentence_embedding_dimension() == (truncate_dim or 48)
-    for method, kwargs in [("encode_query", {}), ("encode_document", {}), ("encode", {"prompt_name": "STS"}),
-                           ("encode", {})]:  # fmt: skip
+    for method, kwargs in [
+        ("encode_query", {}),
+        ("encode_document", {}),
+        ("encode", {"prompt_name": "STS"}),
+        ("encode", {}),
+    ]:
         expected = getattr(reference, method)(TEXTS, convert_to_tensor=True, **kwargs)
         actual = getattr(ours, method)(TEXTS, convert_to_tensor=True, **kwargs)
         assert actual.shape == expected.shape == (4, truncate_dim or 48)

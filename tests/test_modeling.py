@@ -97,7 +97,9 @@ def test_every_pooling_mode_matches_sentence_transformers(mode, path):
     # the modes really differ (mean_sqrt_len_tokens only rescales the mean, which the normalisation removes)
     if mode not in ("mean", "mean_sqrt_len_tokens"):
         mean_model = tiny_model()
-        assert (mean_model(input_ids=input_ids, attention_mask=attention_mask).sentence_embedding - got).abs().max() > 1e-3
+        assert (
+            mean_model(input_ids=input_ids, attention_mask=attention_mask).sentence_embedding - got
+        ).abs().max() > 1e-3
 
 
 @torch.no_grad()

@@ -3,7 +3,6 @@ processes gather negatives like one process, souping averages, the teacher cache
 evaluation prints one Spearman per Matryoshka dim."""
 
 import json
-import os
 import subprocess
 import sys
 import textwrap
@@ -37,8 +36,11 @@ def test_recipe_loss_is_the_weighted_sum_of_the_sentence_transformers_losses():
     gor = GlobalOrthogonalRegularizationLoss(torch.nn.Module(), mean_weight=0, aggregation="sum")
     # GOR (second moment, summed over columns), L2 distillation averaged over texts and columns
     distill = torch.stack([(embeddings[i] - teacher[:, i]).norm(dim=-1).mean() for i in range(3)]).mean()
-    expected = (0.7 * nce.compute_loss_from_embeddings(embeddings, None)
-                + 2.0 * sum(gor.compute_loss_from_embeddings(embeddings).values()) + 0.3 * distill)  # fmt: skip
+    expected = (
+        0.7 * nce.compute_loss_from_embeddings(embeddings, None)
+        + 2.0 * sum(gor.compute_loss_from_embeddings(embeddings).values())
+        + 0.3 * distill
+    )
     assert torch.allclose(loss.compute_loss_from_embeddings(embeddings, teacher), expected, atol=1e-6)
     parts = loss.components(embeddings, teacher)
     assert set(parts) == {"nce", "gor", "distill"} and all(p > 0 for p in parts.values())
@@ -51,7 +53,8 @@ def test_recipe_loss_is_the_weighted_sum_of_the_sentence_transformers_losses():
 
 def test_gathered_negatives_in_two_gloo_processes_match_one_process(tmp_path):
     script = tmp_path / "ddp_loss.py"
-    script.write_text(textwrap.dedent(f"""
+    script.write_text(
+        textwrap.dedent(f"""
         import sys, torch, torch.distributed as dist
         sys.path.insert(0, {str(REPO)!r}); sys.path.insert(0, {str(REPO / "tests")!r})
         import train_embeddinggemma as te
@@ -66,9 +69,14 @@ def test_gathered_negatives_in_two_gloo_processes_match_one_process(tmp_path):
         if rank == 0:
             print("gathered", (local / world).item())
         dist.destroy_process_group()
-    """))
-    result = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", str(script)],
-                            capture_output=True, text=True, timeout=300)  # fmt: skip
+    """)
+    )
+    result = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", str(script)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     gathered = float(result.stdout.split("gathered")[1].split()[0])
     embeddings, _ = fixed_embeddings(batch=8)
@@ -93,7 +101,9 @@ def student(tiny_st_dir, tmp_path_factory):
 SUBJECTS = ["a man", "the dog", "a woman", "the cat"]
 ACTIONS = ["playing guitar", "running fast", "eating water", "on the red planet"]
 TOY_ROWS = [  # 16 distinct rows: batches of 8 without duplicates
-    {"anchor": f"{s} is {a}", "positive": f"{s} was {a}", "negative": f"{s} is not {a}"} for s in SUBJECTS for a in ACTIONS
+    {"anchor": f"{s} is {a}", "positive": f"{s} was {a}", "negative": f"{s} is not {a}"}
+    for s in SUBJECTS
+    for a in ACTIONS
 ]
 
 
@@ -103,7 +113,11 @@ def recipe_value(model_dir, teacher_dir, rows, cache):
 
     model = SentenceTransformer(str(model_dir), device="cpu", trust_remote_code=True)
     config = model[0].auto_model.config
-    prompts = {"anchor": config.prompts["query"], "positive": config.prompts["document"], "negative": config.prompts["document"]}
+    prompts = {
+        "anchor": config.prompts["query"],
+        "positive": config.prompts["document"],
+        "negative": config.prompts["document"],
+    }
     labels = torch.tensor(te.teacher_embeddings(str(teacher_dir), rows, prompts, cache))
     features = [model.tokenize([prompts[c] + r[c] for r in rows]) for c in ("anchor", "positive", "negative")]
     loss = te.recipe_loss(model, config.matryoshka_dims, gather_across_devices=False).eval()
@@ -113,8 +127,18 @@ def recipe_value(model_dir, teacher_dir, rows, cache):
 
 def test_training_changes_weights_lowers_the_loss_and_exports_our_format(student, tiny_converted_dir, tmp_path):
     before = recipe_value(student, tiny_converted_dir, TOY_ROWS, tmp_path / "cache")
-    final = te.train(str(student), str(tmp_path / "run"), TOY_ROWS, teacher=str(tiny_converted_dir), max_steps=8,
-                     batch_size=8, learning_rate=2e-3, warmup=0, save_steps=4, cache_dir=str(tmp_path / "cache"))  # fmt: skip
+    final = te.train(
+        str(student),
+        str(tmp_path / "run"),
+        TOY_ROWS,
+        teacher=str(tiny_converted_dir),
+        max_steps=8,
+        batch_size=8,
+        learning_rate=2e-3,
+        warmup=0,
+        save_steps=4,
+        cache_dir=str(tmp_path / "cache"),
+    )
     old, new = load_file(student / "model.safetensors"), load_file(final / "model.safetensors")
     assert any(not torch.equal(old[k], new[k]) for k in old)
     after = recipe_value(final, tiny_converted_dir, TOY_ROWS, tmp_path / "cache")
@@ -123,8 +147,18 @@ def test_training_changes_weights_lowers_the_loss_and_exports_our_format(student
     assert {p.name for p in (tmp_path / "run").glob("checkpoint-*")} == {"checkpoint-4", "checkpoint-8"}
     # resumable: asking for more steps continues from checkpoint-8 (with learning rate 0, a run restarted from
     # scratch would give back the student's weights; a resumed one starts from the trained ones)
-    resumed = te.train(str(student), str(tmp_path / "run"), TOY_ROWS, teacher=str(tiny_converted_dir), max_steps=10,
-                       batch_size=8, learning_rate=0.0, save_steps=4, resume=True, cache_dir=str(tmp_path / "cache"))  # fmt: skip
+    resumed = te.train(
+        str(student),
+        str(tmp_path / "run"),
+        TOY_ROWS,
+        teacher=str(tiny_converted_dir),
+        max_steps=10,
+        batch_size=8,
+        learning_rate=0.0,
+        save_steps=4,
+        resume=True,
+        cache_dir=str(tmp_path / "cache"),
+    )
     state = json.loads((tmp_path / "run" / "checkpoint-10" / "trainer_state.json").read_text())
     assert state["global_step"] == 10
     resumed_weights = load_file(resumed / "model.safetensors")
@@ -175,13 +209,35 @@ def test_soup_is_the_average(student, tmp_path):
 
 
 def test_evaluate_prints_one_spearman_per_dim(tiny_converted_dir, tmp_path):
-    rows = [("g", "f", "2012", f"{i:04d}", f"{(i % 6):.3f}", f"a man is playing {'guitar ' * (i % 6)}",
-             "a man is playing guitar") for i in range(30)]  # fmt: skip
+    rows = [
+        (
+            "g",
+            "f",
+            "2012",
+            f"{i:04d}",
+            f"{(i % 6):.3f}",
+            f"a man is playing {'guitar ' * (i % 6)}",
+            "a man is playing guitar",
+        )
+        for i in range(30)
+    ]
     sts = tmp_path / "sts-test.csv"
     sts.write_text("\n".join("\t".join(r) for r in rows) + "\n")
-    result = subprocess.run([sys.executable, str(REPO / "train_embeddinggemma.py"), "evaluate", str(tiny_converted_dir),
-                             "--sts-file", str(sts), "--prompt-name", "STS"], capture_output=True, text=True,
-                            timeout=300)  # fmt: skip
+    result = subprocess.run(
+        [
+            sys.executable,
+            str(REPO / "train_embeddinggemma.py"),
+            "evaluate",
+            str(tiny_converted_dir),
+            "--sts-file",
+            str(sts),
+            "--prompt-name",
+            "STS",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert result.returncode == 0, result.stderr[-2000:]
     lines = result.stdout.strip().splitlines()
     assert [line.split()[1] for line in lines] == ["48", "32", "16"]  # the model's Matryoshka dims

@@ -70,8 +70,9 @@ def test_output_flags_come_from_the_config(tiny_converted_dir):
         assert model(input_ids=ids, attention_mask=mask, output_hidden_states=False).hidden_states is None
         assert model.model(input_ids=ids, attention_mask=mask).hidden_states is not None  # the encoder alone too
 
-    model = AutoModel.from_pretrained(tiny_converted_dir, trust_remote_code=True, attn_implementation="eager",
-                                      output_attentions=True)  # fmt: skip
+    model = AutoModel.from_pretrained(
+        tiny_converted_dir, trust_remote_code=True, attn_implementation="eager", output_attentions=True
+    )
     with torch.no_grad():
         out = model(input_ids=ids, attention_mask=mask)
     assert len(out.attentions) == layers and out.attentions[0].shape == (4, 2, 16, 16)
@@ -121,7 +122,9 @@ def test_set_attn_implementation_really_switches(monkeypatch):
     model = tiny_model()
     calls = []
     original = modeling_embeddinggemma.eager_attention_forward
-    monkeypatch.setattr(modeling_embeddinggemma, "eager_attention_forward", lambda *a, **k: calls.append(1) or original(*a, **k))
+    monkeypatch.setattr(
+        modeling_embeddinggemma, "eager_attention_forward", lambda *a, **k: calls.append(1) or original(*a, **k)
+    )
     ids, mask = make_batch()
     with torch.no_grad():
         model(input_ids=ids, attention_mask=mask)
@@ -142,7 +145,9 @@ def test_supports_flags_are_honest(tiny_converted_dir):
     claimed = {"sdpa": model_class._supports_sdpa, "flex_attention": model_class._supports_flex_attn}
     assert all(claimed.values())
     for implementation in ["eager", *claimed]:
-        model = AutoModel.from_pretrained(tiny_converted_dir, trust_remote_code=True, attn_implementation=implementation)
+        model = AutoModel.from_pretrained(
+            tiny_converted_dir, trust_remote_code=True, attn_implementation=implementation
+        )
         assert model.config._attn_implementation == implementation
         torch.testing.assert_close(eager_embeddings(model, [(ids, mask)])[0], expected, atol=ATOL, rtol=0)
     assert model_class._supports_flash_attn is False  # not claimed, so transformers refuses it with its own message
@@ -151,8 +156,11 @@ def test_supports_flags_are_honest(tiny_converted_dir):
     assert model_class._can_compile_fullgraph is True  # checked by test_compile_fullgraph_as_loaded
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device here: flash-attention and variable-length "
-                    "attention are GPU kernels; the GPU checks run where one is lent")  # fmt: skip
+@pytest.mark.skipif(
+    not torch.cuda.is_available(),
+    reason="no CUDA device here: flash-attention and variable-length "
+    "attention are GPU kernels; the GPU checks run where one is lent",
+)
 def test_packed_path_on_gpu_matches_the_reference_path():
     model = tiny_model().to("cuda")
     batches = [(ids.cuda(), mask.cuda()) for ids, mask in padded_batches()]
@@ -216,9 +224,14 @@ def test_onnx_export_dynamo_as_loaded(loaded, tmp_path):
     batch, length = torch.export.Dim("batch"), torch.export.Dim("length", max=loaded.config.max_position_embeddings)
     path = tmp_path / "model.onnx"
     torch.onnx.export(
-        SentenceEmbedding(loaded), example, str(path), dynamo=True, input_names=["input_ids", "attention_mask"],
-        output_names=["sentence_embedding"], dynamic_shapes=({0: batch, 1: length}, {0: batch, 1: length}),
-    )  # fmt: skip
+        SentenceEmbedding(loaded),
+        example,
+        str(path),
+        dynamo=True,
+        input_names=["input_ids", "attention_mask"],
+        output_names=["sentence_embedding"],
+        dynamic_shapes=({0: batch, 1: length}, {0: batch, 1: length}),
+    )
     session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     for (ids, mask), expected in zip(others, eager_embeddings(loaded, others)):
         got = session.run(None, {"input_ids": ids.numpy(), "attention_mask": mask.numpy()})[0]
@@ -244,15 +257,26 @@ def test_compile_fullgraph_as_loaded(loaded):
 def test_save_and_load_keeps_everything_and_the_tokenizer(loaded, tmp_path):
     loaded.save_pretrained(tmp_path / "saved")
     files = {p.name for p in (tmp_path / "saved").iterdir()}
-    assert {"tokenizer.json", "tokenizer_config.json", "modules.json", "fast_path_embeddinggemma.py",
-            "encoding_embeddinggemma.py", "quantization_embeddinggemma.py", "pipeline_embeddinggemma.py"} <= files  # fmt: skip
+    assert {
+        "tokenizer.json",
+        "tokenizer_config.json",
+        "modules.json",
+        "fast_path_embeddinggemma.py",
+        "encoding_embeddinggemma.py",
+        "quantization_embeddinggemma.py",
+        "pipeline_embeddinggemma.py",
+    } <= files
     again = AutoModel.from_pretrained(tmp_path / "saved", trust_remote_code=True)
     texts = ["a dog", "the red planet mars in the blue sky"]
-    torch.testing.assert_close(torch.from_numpy(again.encode(texts)), torch.from_numpy(loaded.encode(texts)), atol=0, rtol=0)
+    torch.testing.assert_close(
+        torch.from_numpy(again.encode(texts)), torch.from_numpy(loaded.encode(texts)), atol=0, rtol=0
+    )
     from sentence_transformers import SentenceTransformer
 
     st = SentenceTransformer(str(tmp_path / "saved"), trust_remote_code=True, device="cpu")
-    torch.testing.assert_close(torch.from_numpy(st.encode(texts)), torch.from_numpy(loaded.encode(texts)), atol=ATOL, rtol=0)
+    torch.testing.assert_close(
+        torch.from_numpy(st.encode(texts)), torch.from_numpy(loaded.encode(texts)), atol=ATOL, rtol=0
+    )
 
 
 @pytest.mark.parametrize("fast", [True, False])
@@ -291,8 +315,15 @@ def test_auto_tokenizer_loads_the_folder_without_our_code(tiny_converted_dir):
         "print(type(tokenizer).__name__, tokenizer('a dog')['input_ids'])\n"
     )
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_VERBOSITY": "warning"}
-    result = subprocess.run([sys.executable, "-c", code], cwd=tiny_converted_dir.parent, env=env, stdin=subprocess.DEVNULL,
-                            capture_output=True, text=True, timeout=120)  # fmt: skip
+    result = subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=tiny_converted_dir.parent,
+        env=env,
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert result.returncode == 0, result.stderr
     assert result.stdout.startswith("GemmaTokenizer"), result.stdout
     assert "custom code" not in result.stderr and "model of type" not in result.stderr, result.stderr
@@ -301,6 +332,22 @@ def test_auto_tokenizer_loads_the_folder_without_our_code(tiny_converted_dir):
 
 
 def test_remote_code_files_are_the_repository_modules(tiny_converted_dir):
-    for name in ["modeling_embeddinggemma.py", "fast_path_embeddinggemma.py", "encoding_embeddinggemma.py",
-                 "quantization_embeddinggemma.py", "configuration_embeddinggemma.py", "pipeline_embeddinggemma.py"]:  # fmt: skip
+    for name in [
+        "modeling_embeddinggemma.py",
+        "fast_path_embeddinggemma.py",
+        "encoding_embeddinggemma.py",
+        "quantization_embeddinggemma.py",
+        "configuration_embeddinggemma.py",
+        "pipeline_embeddinggemma.py",
+    ]:
         assert (tiny_converted_dir / name).read_text() == (REPO / name).read_text(), name
+
+
+def test_the_encoder_alone_loads_from_a_full_folder(tiny_converted_dir, loaded):
+    from modeling_embeddinggemma import EmbeddingGemmaTextModel
+
+    encoder = EmbeddingGemmaTextModel.from_pretrained(tiny_converted_dir)
+    ids, mask = make_batch()
+    with torch.no_grad():
+        expected = loaded(input_ids=ids, attention_mask=mask).last_hidden_state
+        torch.testing.assert_close(encoder(input_ids=ids, attention_mask=mask).last_hidden_state, expected)
