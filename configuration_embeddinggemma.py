@@ -59,6 +59,17 @@ MODEL_TYPES = (MODEL_TYPE, NATIVE_MODEL_TYPE)
 SLIDING_WINDOW_CONVENTIONS = ("embeddinggemma", "t5gemma2", "t5gemma")
 
 
+def is_embeddinggemma_config(config: dict) -> bool:
+    """Whether a config.json was written by this package (EmbeddingGemmaModel.save_pretrained or this converter),
+    whatever model_type it declares (see configuration_embeddinggemma.MODEL_TYPE)."""
+    auto_model = (config.get("auto_map") or {}).get("AutoModel", "")
+    return (
+        config.get("model_type") == "embeddinggemma"
+        or "EmbeddingGemmaModel" in (config.get("architectures") or [])
+        or auto_model.endswith("EmbeddingGemmaModel")
+    )
+
+
 class EmbeddingGemmaConfig(PretrainedConfig):
     r"""
     Configuration of [`EmbeddingGemmaModel`]. The defaults are google/embeddinggemma-300m.
@@ -241,7 +252,9 @@ class EmbeddingGemmaConfig(PretrainedConfig):
         if self.pooling_mode not in POOLING_MODES:
             raise ValueError(f"pooling_mode={self.pooling_mode!r} is not supported; expected one of {POOLING_MODES}.")
         dim = self.embedding_dim
-        bad_dims = [d for d in self.matryoshka_dims if not (isinstance(d, int) and 0 < d <= dim)]
+        bad_dims = [d for d in self.matryoshka_dims if isinstance(d, bool) or not (isinstance(d, int) and 0 < d <= dim)]
+        if len(set(self.matryoshka_dims)) != len(self.matryoshka_dims):
+            raise ValueError(f"matryoshka_dims {self.matryoshka_dims} has duplicates; give each dim once.")
         if bad_dims:
             raise ValueError(
                 f"matryoshka_dims {bad_dims} must be positive ints no larger than the embedding dim {dim}."

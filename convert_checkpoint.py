@@ -21,8 +21,11 @@ import inspect
 import json
 import os
 import shutil
+import signal
+import socket
 import sys
 import tempfile
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,7 +34,7 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 
-from configuration_embeddinggemma import MODEL_TYPES, POOLING_MODES, EmbeddingGemmaConfig
+from configuration_embeddinggemma import MODEL_TYPES, POOLING_MODES, EmbeddingGemmaConfig, is_embeddinggemma_config
 from modeling_embeddinggemma import EmbeddingGemmaModel, pool
 
 
@@ -39,7 +42,9 @@ DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 HEAD_INITS = ("identity", "random")
 ALLOW_PATTERNS = ["*.json", "*.safetensors", "tokenizer.model", "*/config.json", "*/*.safetensors"]
 # Verification: the converted model against the source framework's own, per output dtype (cosine per token or text).
-MIN_COSINE = {torch.float32: 0.99999, torch.bfloat16: 0.99}
+# Calibrated on the real google/embeddinggemma-300m and a tiny model (docs/conversion.md): a clean bfloat16 conversion
+# gives 0.99989 (real) and 0.99994 (tiny); 20% noise in one MLP matrix gives 0.99956 (real, bfloat16).
+MIN_COSINE = {torch.float32: 0.99999, torch.bfloat16: 0.9997}
 VERIFY_TEXTS = [
     "Which planet is known as the Red Planet?",
     "title: none | text: Mars, known for its reddish appearance, is often referred to as the Red Planet.",
@@ -110,8 +115,27 @@ def resolve_source(source: str, allow_patterns: list[str] | None = ALLOW_PATTERN
 def read_json(path: Path) -> dict:
     if not path.is_file():
         raise ConversionError(f"Missing file {path}; the source is incomplete.")
-    with path.open(encoding="utf-8") as handle:
-        return json.load(handle)
+    try:
+        with path.open(encoding="utf-8") as handle:
+            content = json.load(handle)
+    except (ValueError, OSError) as error:
+        raise ConversionError(f"{path} is not valid JSON ({error}); the source is damaged.") from error
+    if not isinstance(content, (dict, list)):
+        raise ConversionError(f"{path} holds a {type(content).__name__}, not a JSON object; the source is damaged.")
+    return content
+
+
+def read_safetensors(path: Path) -> dict[str, torch.Tensor]:
+    """All tensors of one safetensors file, with an error naming the file when it is missing, truncated or corrupt."""
+    if not path.is_file():
+        raise ConversionError(f"Missing weights file {path}; the source is incomplete (a shard not downloaded?).")
+    try:
+        return load_file(path)
+    except Exception as error:  # safetensors raises its own error types for truncated headers and data
+        raise ConversionError(
+            f"{path} cannot be read as safetensors ({type(error).__name__}: {error}); the file is truncated or "
+            "damaged: download or copy it again."
+        ) from error
 
 
 def require_folder(path: Path, kind: str) -> Path:
@@ -131,17 +155,6 @@ def source_config(path: Path, kind: str, model_types: tuple[str, ...], hint: str
     return folder, config
 
 
-def is_embeddinggemma_config(config: dict) -> bool:
-    """Whether a config.json was written by this package (EmbeddingGemmaModel.save_pretrained or this converter),
-    whatever model_type it declares (see configuration_embeddinggemma.MODEL_TYPE)."""
-    auto_model = (config.get("auto_map") or {}).get("AutoModel", "")
-    return (
-        config.get("model_type") == "embeddinggemma"
-        or "EmbeddingGemmaModel" in (config.get("architectures") or [])
-        or auto_model.endswith("EmbeddingGemmaModel")
-    )
-
-
 def refuse_embeddinggemma_folder(folder: Path, config: dict, kind: str) -> None:
     if is_embeddinggemma_config(config):
         raise ConversionError(
@@ -155,11 +168,14 @@ def load_safetensors(folder: Path, what: str) -> dict[str, torch.Tensor]:
     """All tensors of `model.safetensors` or of a sharded `model.safetensors.index.json` in `folder`."""
     single, index = folder / "model.safetensors", folder / "model.safetensors.index.json"
     if single.is_file():
-        return load_file(single)
+        return read_safetensors(single)
     if index.is_file():
         state_dict = {}
-        for shard in sorted(set(read_json(index)["weight_map"].values())):
-            state_dict.update(load_file(folder / shard))
+        weight_map = read_json(index).get("weight_map")
+        if not isinstance(weight_map, dict):
+            raise ConversionError(f"{index} has no weight_map; the source is damaged.")
+        for shard in sorted(set(weight_map.values())):
+            state_dict.update(read_safetensors(folder / shard))
         return state_dict
     pickled = (
         sorted(p.name for p in folder.iterdir() if p.suffix in (".bin", ".pt", ".pth", ".ckpt"))
@@ -689,6 +705,18 @@ def default_matryoshka_dims(embedding_dim: int) -> list[int]:
     return [embedding_dim] + [d for d in (512, 256, 128) if d < embedding_dim]
 
 
+def sentence_transformers_dense_modules(path: Path) -> list[str]:
+    """The Dense modules a sentence-transformers folder lists in modules.json (its trained head), or []."""
+    modules_file = path / "modules.json" if path.is_dir() else None
+    if modules_file is None or not modules_file.is_file():
+        return []
+    try:
+        modules = json.loads(modules_file.read_text())
+    except (OSError, ValueError):
+        return []
+    return [m.get("path", "") for m in modules if isinstance(m, dict) and str(m.get("type", "")).endswith("Dense")]
+
+
 def add_head(source: Source, head_init: str, embedding_dim: int | None, seed: int = 0) -> None:
     """Gives a headless source (a decoder or T5Gemma encoder) EmbeddingGemma's head shape: Dense(hidden -> 4D),
     Dense(4D -> D), no bias, no activation. "identity": W2 @ W1 = I (rectangular when D != hidden), so before training
@@ -720,10 +748,19 @@ def build_model(fields: dict, state_dict: dict[str, torch.Tensor], dtype: torch.
         fields["matryoshka_dims"] = default_matryoshka_dims(dense[-1] if dense else fields["hidden_size"])
     try:
         config = EmbeddingGemmaConfig(**fields)
-    except (TypeError, ValueError) as error:
+    except (TypeError, ValueError, KeyError) as error:
         raise ConversionError(
             f"The source's configuration is not a valid EmbeddingGemma configuration: {error}"
         ) from error
+    from transformers.activations import ACT2FN
+
+    for key in ("hidden_activation", "dense_activation"):
+        value = getattr(config, key)
+        if value != "identity" and value not in ACT2FN:
+            raise ConversionError(
+                f"The source's {key}={value!r} is not an activation transformers knows; expected one of "
+                f"{sorted(ACT2FN)} (EmbeddingGemma: gelu_pytorch_tanh and identity)."
+            )
     with torch.device("meta"):
         model = EmbeddingGemmaModel(config)
     expected = model.state_dict()
@@ -756,6 +793,9 @@ def prepare_tokenizer(tokenizer, max_length: int):
     tokenizer.padding_side = "right"
     tokenizer.model_max_length = max_length
     tokenizer.init_kwargs.update(padding_side="right", model_max_length=max_length)  # what save_pretrained writes
+    vocab_file = tokenizer.init_kwargs.get("vocab_file")
+    if isinstance(vocab_file, str) and os.path.isabs(vocab_file):  # a local path, which a pushed folder would publish
+        tokenizer.init_kwargs.pop("vocab_file")
     ids = tokenizer("a")["input_ids"]
     if ids[0] != tokenizer.bos_token_id or ids[-1] != tokenizer.eos_token_id:
         # Gemma LLM tokenizers add <bos> only; EmbeddingGemma was trained with <eos> too (typesense/typesense#3038).
@@ -831,6 +871,12 @@ def verify_embeddinggemma(folder: Path, source: Source, model: EmbeddingGemmaMod
         pooled = F.normalize(F.pad(pooled, (0, dim - pooled.shape[-1])), dim=-1)
         figures["identity_head_max_abs_diff"] = float((pooled - ours.sentence_embedding.float()).abs().max())
     threshold = MIN_COSINE[model.dtype]
+    changed = changed_weights(folder, source.state_dict, model.dtype)
+    if changed:
+        raise ConversionError(
+            f"Verification failed: the written weights are not the source's (cast to {figures['dtype']}): "
+            f"{changed[:10]} differ. Nothing was written. Please report this with the source checkpoint's name."
+        )
     if not figures["min_cosine"] >= threshold:
         raise ConversionError(
             f"Verification failed: the converted model disagrees with the source framework's ({figures}); expected a "
@@ -838,6 +884,19 @@ def verify_embeddinggemma(folder: Path, source: Source, model: EmbeddingGemmaMod
             "source checkpoint's name."
         )
     return figures
+
+
+def changed_weights(folder: Path, expected: dict[str, torch.Tensor], dtype: torch.dtype) -> list[str]:
+    """Names of the written weights that are not exactly the source's after the cast to `dtype` (or are missing or
+    extra): a conversion only renames, folds and casts, so anything else is damage. Exact, whatever the dtype, where
+    the cosine check can only be as fine as bfloat16's rounding."""
+    written = load_safetensors(folder, "written model")
+    names = sorted(set(written) | set(expected))
+    return [
+        name
+        for name in names
+        if name not in written or name not in expected or not torch.equal(written[name], expected[name].to(dtype))
+    ]
 
 
 def gemma3_text_config(config: EmbeddingGemmaConfig) -> dict:
@@ -945,6 +1004,13 @@ def export_sentence_transformers(folder: Path, model: EmbeddingGemmaModel, token
     tokenizer.save_pretrained(folder)
 
 
+def public_name(source: str) -> str:
+    """How the model card names a source: a Hub id as is, a local path never (a card may be published)."""
+    if Path(source).expanduser().exists() or "/" not in source or source.startswith((".", "/", "~")):
+        return "a local checkpoint"
+    return f"`{source}`"
+
+
 def write_model_card(
     folder: Path,
     config: EmbeddingGemmaConfig,
@@ -1009,7 +1075,8 @@ Also `SentenceTransformer("{name}", trust_remote_code=True)` (sentence-transform
 An EmbeddingGemma-architecture text embedding model: bidirectional Gemma 3 encoder ({config.num_hidden_layers}
 layers, hidden {config.hidden_size}) -> mean pooling -> Dense {" -> ".join(map(str, config.dense_out_features))}
 -> L2 normalisation, {config.embedding_dim}-d embeddings, Matryoshka dims {config.matryoshka_dims}.
-Converted from `{source.name}` (`--from {source.kind}`) by the embeddinggemma package's `convert_checkpoint.py`.
+Converted from {public_name(source.name)} (`--from {source.kind}`) by the embeddinggemma package's
+`convert_checkpoint.py`.
 {head}
 ## Usage
 
@@ -1031,7 +1098,7 @@ table is in `config_sentence_transformers.json`. Use float32 or bfloat16: float1
 
 def push_folder(folder: Path, repo_id: str, private: bool) -> str:
     """Uploads `folder` to the Hub repo `repo_id` (created if needed) with huggingface_hub; the token comes from the
-    usual places (HF_TOKEN, `huggingface-cli login`)."""
+    usual places (HF_TOKEN, `hf auth login`)."""
     from huggingface_hub import CommitOperationAdd, HfApi
 
     api = HfApi()
@@ -1047,7 +1114,7 @@ def push_folder(folder: Path, repo_id: str, private: bool) -> str:
     except Exception as error:
         raise ConversionError(
             f"Uploading to {repo_id!r} failed ({type(error).__name__}: {error}). The converted folder is complete in "
-            f"{folder}; fix the token or repo id and upload it with `huggingface-cli upload {repo_id} {folder}`."
+            f"{folder}; fix the token or repo id and upload it with `hf upload {repo_id} {folder}`."
         ) from error
     return getattr(commit, "commit_url", str(commit))
 
@@ -1058,21 +1125,86 @@ def push_folder(folder: Path, repo_id: str, private: bool) -> str:
 
 
 def check_output_dir(output_dir: Path, overwrite: bool) -> None:
+    """Refuses an output that is a file, a non-empty folder without --overwrite, or a place that cannot be written
+    (read-only, no permission): before anything is read or downloaded."""
     if output_dir.exists() and not output_dir.is_dir():
         raise ConversionError(f"{output_dir} exists and is not a folder; choose another OUTPUT_DIR.")
     if output_dir.is_dir() and any(output_dir.iterdir()) and not overwrite:
         raise ConversionError(f"{output_dir} exists and is not empty; pass --overwrite to replace it.")
+    try:
+        output_dir.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=output_dir.parent):
+            pass
+    except OSError as error:
+        raise ConversionError(
+            f"Cannot write beside {output_dir} ({error}); choose an OUTPUT_DIR you can write."
+        ) from error
+
+
+def check_free_space(output_dir: Path, needed: int) -> None:
+    free = shutil.disk_usage(output_dir.parent).free
+    if free < needed:
+        raise ConversionError(
+            f"Not enough free space for {output_dir}: about {needed / 2**30:.1f} GiB needed, "
+            f"{free / 2**30:.1f} GiB free. Free some space or choose another OUTPUT_DIR."
+        )
+
+
+OWNER_FILE = ".embeddinggemma-writer.json"  # in a temporary folder while it is written: who writes it
+
+
+def remove_stale_temporary_folders(output_dir: Path) -> list[Path]:
+    """Temporary folders of earlier conversions to the same output whose writer is gone (killed with SIGKILL, or its
+    machine restarted): they hold a whole model's weights. Folders of a writer still running are left alone."""
+    removed = []
+    for candidate in output_dir.parent.glob(f".{output_dir.name}.*-*"):
+        owner = candidate / OWNER_FILE
+        if not candidate.is_dir() or not owner.is_file():
+            continue
+        try:
+            writer = json.loads(owner.read_text())
+        except (OSError, ValueError):
+            continue
+        if writer.get("host") == socket.gethostname() and not _process_alive(writer.get("pid", -1)):
+            shutil.rmtree(candidate, ignore_errors=True)
+            removed.append(candidate)
+    return removed
+
+
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OverflowError, ValueError):
+        return pid > 0
+    return True
+
+
+class _Terminated(BaseException):
+    """SIGTERM during a conversion: unwinds like Ctrl-C, so the temporary folder is removed."""
 
 
 def write_atomically(output_dir: Path, overwrite: bool, write: Callable[[Path], None]) -> None:
-    """Calls `write(tmp_dir)` on a fresh folder beside `output_dir`, then moves it into place. On any error the
-    temporary folder is removed and `output_dir` is left as it was."""
+    """Calls `write(tmp_dir)` on a fresh folder beside `output_dir`, then moves it into place. On any error, Ctrl-C or
+    SIGTERM the temporary folder is removed and `output_dir` is left as it was; one left by a SIGKILLed run is removed
+    by the next run (see `remove_stale_temporary_folders`). Files get the usual permissions (umask), not 0600."""
     check_output_dir(output_dir, overwrite)
-    output_dir.parent.mkdir(parents=True, exist_ok=True)
+    remove_stale_temporary_folders(output_dir)
     tmp_dir = Path(tempfile.mkdtemp(prefix=f".{output_dir.name}.tmp-", dir=output_dir.parent))
+    in_main_thread = threading.current_thread() is threading.main_thread()
+    previous = None
+
+    def terminate(signum, frame):
+        raise _Terminated()
+
     try:
-        os.chmod(tmp_dir, 0o777 & ~_umask())
+        if in_main_thread:
+            previous = signal.signal(signal.SIGTERM, terminate)
+        (tmp_dir / OWNER_FILE).write_text(json.dumps({"host": socket.gethostname(), "pid": os.getpid()}))
         write(tmp_dir)
+        (tmp_dir / OWNER_FILE).unlink()
+        apply_umask(tmp_dir)
         if output_dir.exists():
             old = Path(tempfile.mkdtemp(prefix=f".{output_dir.name}.old-", dir=output_dir.parent))
             os.replace(output_dir, old / output_dir.name)
@@ -1080,9 +1212,26 @@ def write_atomically(output_dir: Path, overwrite: bool, write: Callable[[Path], 
             shutil.rmtree(old, ignore_errors=True)
         else:
             os.replace(tmp_dir, output_dir)
+    except OSError as error:
+        shutil.rmtree(tmp_dir, ignore_errors=True)
+        raise ConversionError(f"Writing {output_dir} failed ({error}); nothing was written.") from error
+    except _Terminated:
+        shutil.rmtree(tmp_dir, ignore_errors=True)
+        raise SystemExit(128 + signal.SIGTERM) from None
     except BaseException:
         shutil.rmtree(tmp_dir, ignore_errors=True)
         raise
+    finally:
+        if in_main_thread and previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+
+
+def apply_umask(folder: Path) -> None:
+    """Folders 0777 and files 0666 less the umask, as a plain write would give (tempfile and some writers use 0600)."""
+    mask = _umask()
+    os.chmod(folder, 0o777 & ~mask)
+    for path in folder.rglob("*"):
+        os.chmod(path, (0o777 if path.is_dir() else 0o666) & ~mask)
 
 
 def _umask() -> int:
@@ -1152,7 +1301,7 @@ def convert(
     overwrite: bool = False,
     matryoshka_dims: list[int] | None = None,
     gguf_file: str | None = None,
-    head_init: str = "identity",
+    head_init: str | None = None,
     embedding_dim: int | None = None,
     verify_output: bool = True,
     push_to_hub: str | None = None,
@@ -1176,14 +1325,23 @@ def convert(
     check_output_dir(output_dir, overwrite)  # fail before downloading or reading anything
 
     path = resolve_source(source)
+    trained_head = sentence_transformers_dense_modules(path)
+    if trained_head and source_kind != "sentence-transformers" and head_init is None:
+        raise ConversionError(
+            f"{source} has a trained embedding head (modules.json lists Dense modules {trained_head}); --from "
+            f"{source_kind} would drop it and give the encoder a new, untrained head. Convert it with --from "
+            "sentence-transformers to keep the head, or pass --head-init identity|random to replace it on purpose."
+        )
     src = READERS[source_kind](path, name=source, gguf_file=gguf_file)
     if src.has_head and embedding_dim is not None and source_kind != "embeddinggemma":
         raise ConversionError(f"--embedding-dim applies to sources without a head; {source!r} has one.")
     if not src.has_head:
-        add_head(src, head_init, embedding_dim)
+        add_head(src, head_init or "identity", embedding_dim)
     if matryoshka_dims:
         src.fields["matryoshka_dims"] = list(matryoshka_dims)
     model = build_model(src.fields, src.state_dict, DTYPES[dtype])
+    weight_bytes = sum(t.numel() * t.element_size() for t in model.state_dict().values())
+    check_free_space(output_dir, int(weight_bytes * (2.1 if to == "sentence-transformers" else 1.1)) + 2**24)
     tokenizer = prepare_tokenizer(src.load_tokenizer(), model.config.max_position_embeddings)
     log(
         f"read {source} (--from {source_kind}): {model.config.num_hidden_layers} layers, hidden "
@@ -1218,7 +1376,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--gguf-file", help="with --from gemma3: the .gguf file inside SOURCE (a folder or Hub id)")
     parser.add_argument(
         "--head-init",
-        default="identity",
+        default=None,
         choices=HEAD_INITS,
         help="head of a source without one: identity (W2 W1 = I) or random (default identity)",
     )

@@ -30,16 +30,22 @@ import hashlib
 import json
 import os
 import shutil
+import socket
 import sys
+import threading
 import time
+import uuid
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from configuration_embeddinggemma import EmbeddingGemmaConfig, is_embeddinggemma_config
+
 
 MANIFEST = "_manifest.json"
+MODEL_FINGERPRINTS = "_model_fingerprints.json"
 STAGING = "_staging"
 REJECTS = "_rejects.jsonl"
 FORMATS = {".jsonl": "json", ".json": "json", ".parquet": "parquet", ".csv": "csv"}
@@ -79,21 +85,35 @@ def file_sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def fingerprint_folder(folder: str | os.PathLike) -> str:
-    """Every .json file in full and each .safetensors file's size with its first and last MiB: cheap for GBs of
-    weights, and it changes with any re-conversion or fine-tune (also used for teacher caches in training)."""
+# Files of a model folder that change its output: config and tokenizer files, code, weights.
+FINGERPRINTED = (".json", ".py", ".safetensors", ".model", ".txt")
+
+
+def fingerprint_folder(folder: str | os.PathLike, cache: str | os.PathLike | None = None) -> str:
+    """SHA-256 over every file of `folder` that changes the model's output (config, tokenizer, code, and all the
+    bytes of every weights file). Hashing 1.2 GB takes seconds; with `cache` (a JSON file), each file's digest is
+    kept by (size, mtime, inode) and recomputed only when one of those changed."""
     folder = Path(folder)
-    digest = hashlib.sha256()
-    for path in sorted(folder.rglob("*")):
-        if path.suffix == ".json":
-            digest.update(path.read_bytes())
-        elif path.suffix == ".safetensors":
-            size = path.stat().st_size
-            digest.update(f"{path.relative_to(folder)}:{size}".encode())
-            with open(path, "rb") as handle:
-                digest.update(handle.read(1 << 20))
-                handle.seek(max(size - (1 << 20), 0))
-                digest.update(handle.read(1 << 20))
+    cache = Path(cache) if cache else None
+    known = {}
+    if cache is not None and cache.is_file():
+        try:
+            known = json.loads(cache.read_text())
+        except ValueError:
+            known = {}
+    digests, digest = {}, hashlib.sha256()
+    for path in sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix in FINGERPRINTED):
+        name = path.relative_to(folder).as_posix()
+        if name.startswith(".") or "/." in name:
+            continue
+        stat = path.stat()
+        key = f"{stat.st_size}:{stat.st_mtime_ns}:{stat.st_ino}"
+        entry = known.get(name)
+        file_digest = entry["sha256"] if entry and entry.get("key") == key else file_sha256(path)
+        digests[name] = {"key": key, "sha256": file_digest}
+        digest.update(f"{name}:{file_digest}\n".encode())
+    if cache is not None and digests != known:
+        write_json_atomically(cache, digests)
     return digest.hexdigest()
 
 
@@ -137,6 +157,109 @@ def check_resume(manifest: dict, expected: dict) -> None:
         )
 
 
+LOCK = "_lock"
+# A run refreshes its lock's time every LOCK_HEARTBEAT_S; a lock not refreshed for LOCK_STALE_S belongs to a run that
+# is gone (killed, or its machine lost), and the next run takes it over.
+LOCK_HEARTBEAT_S = 30.0
+LOCK_STALE_S = 300.0
+
+
+class OutputLock:
+    """One job per output folder, also across machines sharing the filesystem: OUTPUT/_lock is created with O_EXCL
+    (atomic on local and network filesystems) and holds who owns it; the owner refreshes its time while it runs. A
+    lock left by a run that is gone is taken over: at once when its process is missing on this host, else once its
+    time is LOCK_STALE_S old. Two runs breaking the same stale lock race on a rename, which only one wins."""
+
+    def __init__(self, output: Path):
+        self.path = output / LOCK
+        self.owner = {"host": socket.gethostname(), "pid": os.getpid(), "token": uuid.uuid4().hex}
+        self._stop = threading.Event()
+        self._thread = None
+
+    def __enter__(self):
+        for _ in range(5):
+            try:
+                descriptor = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+            except FileExistsError:
+                holder = self._holder()
+                if holder is not None and not self._stale(holder):
+                    raise CorpusError(
+                        f"{self.path.parent} is being written by another run (pid {holder.get('pid')} on "
+                        f"{holder.get('host')}, started {holder.get('started')}); wait for it to finish, or choose "
+                        f"another --output. A run that died leaves its lock, which the next run takes over once it "
+                        f"is {int(LOCK_STALE_S)} s old (at once on the same machine)."
+                    ) from None
+                if holder is not None:  # stale: break it; of several runs racing here, one rename wins
+                    broken = self.path.with_name(f".{LOCK}.stale-{self.owner['token']}")
+                    try:
+                        os.replace(self.path, broken)
+                    except FileNotFoundError:
+                        continue
+                    if _read_json(broken).get("token") != holder.get("token"):  # a fresh lock taken meanwhile
+                        try:
+                            os.link(broken, self.path)  # give it back, unless yet another run holds the name
+                        except FileExistsError:
+                            pass
+                    broken.unlink()
+                continue
+            with os.fdopen(descriptor, "w") as handle:
+                json.dump({**self.owner, "started": time.strftime("%Y-%m-%d %H:%M:%S")}, handle)
+            self._thread = threading.Thread(target=self._heartbeat, daemon=True)
+            self._thread.start()
+            return self
+        raise CorpusError(f"Could not take the lock {self.path} (other runs kept taking it); try again.")
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        holder = self._holder()
+        if holder and holder.get("token") == self.owner["token"]:
+            self.path.unlink(missing_ok=True)
+
+    def _holder(self) -> dict | None:
+        try:
+            holder = json.loads(self.path.read_text())
+            holder["age"] = time.time() - self.path.stat().st_mtime
+            return holder
+        except FileNotFoundError:
+            return None
+        except (ValueError, OSError):  # being written right now: its age decides
+            try:
+                return {"age": time.time() - self.path.stat().st_mtime}
+            except FileNotFoundError:
+                return None
+
+    def _stale(self, holder: dict) -> bool:
+        """Its run is gone: no such process on this host, or no heartbeat for LOCK_STALE_S (any host)."""
+        if holder.get("host") == self.owner["host"] and isinstance(holder.get("pid"), int):
+            if not _process_alive(holder["pid"]):
+                return True
+        return holder["age"] > LOCK_STALE_S
+
+    def _heartbeat(self):
+        while not self._stop.wait(LOCK_HEARTBEAT_S):
+            try:
+                os.utime(self.path)
+            except FileNotFoundError:
+                return
+
+
+def _read_json(path: Path) -> dict:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 # ----------------------------------------------------------------------------------------------------------------
 # Staging: read, check, shard
 # ----------------------------------------------------------------------------------------------------------------
@@ -150,8 +273,14 @@ def input_columns(path: Path, columns: list[str], chunk_rows: int = 10_000):
         raise CorpusError(f"--input {path} has an unknown extension; expected one of {sorted(FORMATS)}.")
     if kind == "json":
         chunk, seen_columns = [], set()
-        with open(path, encoding="utf-8") as handle:
-            for number, line in enumerate(handle, 1):
+        with open(path, "rb") as handle:
+            for number, raw in enumerate(handle, 1):
+                try:
+                    line = raw.decode("utf-8")
+                except UnicodeDecodeError as error:
+                    raise CorpusError(
+                        f"--input {path} line {number} is not UTF-8 ({error}); convert the file to UTF-8 first."
+                    ) from error
                 if not line.strip():
                     continue
                 try:
@@ -168,13 +297,24 @@ def input_columns(path: Path, columns: list[str], chunk_rows: int = 10_000):
         if chunk or not seen_columns:
             yield sorted(seen_columns), {c: [r.get(c) for r in chunk] for c in columns if c}
         return
+    import pyarrow.csv
     import pyarrow.dataset as ds
 
-    dataset = ds.dataset(path, format=kind)
+    file_format = kind
+    if kind == "csv":  # ids, texts and titles as written: "001" stays "001", a text "42" stays a text
+        types = {c: pa.string() for c in columns if c}
+        file_format = ds.CsvFileFormat(convert_options=pyarrow.csv.ConvertOptions(column_types=types))
+    try:
+        dataset = ds.dataset(path, format=file_format)
+    except (pa.ArrowInvalid, OSError) as error:
+        raise CorpusError(f"--input {path} cannot be read as {kind} ({error}).") from error
     names = dataset.schema.names
     present = [c for c in columns if c and c in names]
-    for batch in dataset.to_batches(columns=present):
-        yield names, {c: batch.column(c).to_pylist() for c in present}
+    try:
+        for batch in dataset.to_batches(columns=present):
+            yield names, {c: batch.column(c).to_pylist() for c in present}
+    except (pa.ArrowInvalid, UnicodeDecodeError) as error:
+        raise CorpusError(f"--input {path} cannot be read as {kind} ({error}).") from error
 
 
 def stage(input_path: Path, output: Path, settings: Settings) -> dict:
@@ -213,6 +353,8 @@ def stage(input_path: Path, output: Path, settings: Settings) -> dict:
                 reason = "missing id"
             elif isinstance(row_id, bool) or not isinstance(row_id, (str, int)):
                 reason = f"id is {type(row_id).__name__}; expected a string or an integer"
+            elif isinstance(row_id, int) and not -(2**63) <= row_id < 2**63:
+                reason = "id does not fit a 64-bit integer; write it as a string"
             elif id_type is not None and type(row_id) is not id_type:
                 reason = f"id is {type(row_id).__name__}, but earlier ids are {id_type.__name__}"
             elif not isinstance(text, str):
@@ -274,11 +416,10 @@ class ShardEmbedder:
         threads: int | None = None,
     ):
         import torch
-        from transformers import AutoModel
 
         if threads:
             torch.set_num_threads(threads)
-        self.model = AutoModel.from_pretrained(model_dir, trust_remote_code=True).eval()
+        self.model = load_model(model_dir, settings.pop("trust_remote_code", False))
         self.output = Path(output)
         self.settings = Settings(**settings)
         self.metadata = {b"embeddinggemma": json.dumps(metadata, sort_keys=True).encode()}
@@ -329,12 +470,25 @@ class ShardEmbedder:
         return {"shard": batch["shard"], "rows": rows}
 
 
+def load_model(model_dir: str, trust_remote_code: bool = False):
+    """This package's EmbeddingGemmaModel for its own folders (never the folder's copy of the code); another
+    model's own code only with trust_remote_code, as transformers asks."""
+    config = json.loads((Path(model_dir) / "config.json").read_text())
+    if is_embeddinggemma_config(config):
+        from modeling_embeddinggemma import EmbeddingGemmaModel
+
+        return EmbeddingGemmaModel.from_pretrained(model_dir).eval()
+    from transformers import AutoModel
+
+    return AutoModel.from_pretrained(model_dir, trust_remote_code=trust_remote_code).eval()
+
+
 def run_local(
-    pending: list[int], model_dir: Path, output: Path, settings: Settings, metadata: dict, batch_size: int
+    pending: list[int], model_dir: Path, output: Path, settings: Settings, metadata: dict, batch_size: int, trust: dict
 ) -> int:
     from tqdm.auto import tqdm
 
-    embedder = ShardEmbedder(str(model_dir), str(output), asdict(settings), metadata, batch_size)
+    embedder = ShardEmbedder(str(model_dir), str(output), {**asdict(settings), **trust}, metadata, batch_size)
     return sum(embedder.embed_shard(shard) for shard in tqdm(pending, desc="Shards", unit="shard"))
 
 
@@ -347,6 +501,7 @@ def run_ray(
     batch_size: int,
     num_workers: int,
     address: str | None,
+    trust: dict,
 ) -> int:
     try:
         import ray
@@ -361,7 +516,14 @@ def run_ray(
         dataset = ray.data.from_items([{"shard": shard} for shard in pending])
         results = dataset.map_batches(
             ShardEmbedder,
-            fn_constructor_args=(str(model_dir), str(output), asdict(settings), metadata, batch_size, threads),
+            fn_constructor_args=(
+                str(model_dir),
+                str(output),
+                {**asdict(settings), **trust},
+                metadata,
+                batch_size,
+                threads,
+            ),
             batch_size=1,
             batch_format="numpy",
             compute=ray.data.ActorPoolStrategy(size=num_workers),
@@ -382,6 +544,7 @@ def embed_corpus(
     num_workers: int = 1,
     batch_size: int = 32,
     address: str | None = None,
+    trust_remote_code: bool = False,
     log=print,
     **settings,
 ) -> dict:
@@ -397,23 +560,70 @@ def embed_corpus(
     input_path, output = Path(input_path).expanduser().resolve(), Path(output).expanduser().resolve()
     if not input_path.is_file():
         raise CorpusError(f"--input {input_path} does not exist.")
+    if output.exists() and not output.is_dir():
+        raise CorpusError(f"--output {output} is a file; give a folder (new, or one this job wrote before).")
     model_dir = resolve_model_dir(model)
-
-    from transformers import AutoConfig
-
-    config = AutoConfig.from_pretrained(model_dir, trust_remote_code=True)
+    config = read_model_config(model_dir, trust_remote_code)
     if settings.truncate_dim is not None and settings.truncate_dim not in config.matryoshka_dims:
         raise CorpusError(
             f"--truncate-dim {settings.truncate_dim} is not one of the model's Matryoshka dims "
             f"{config.matryoshka_dims}."
         )
-    prompt = config.prompt_for(settings.prompt_name) if settings.prompt_name else ""
+    try:
+        prompt = config.prompt_for(settings.prompt_name) if settings.prompt_name else ""
+    except ValueError as error:
+        raise CorpusError(f"--prompt-name: {error} Use 'none' for no prompt.") from error
+    try:
+        output.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise CorpusError(f"--output {output} cannot be created ({error}).") from error
+    with OutputLock(output):
+        return _embed_locked(
+            input_path,
+            output,
+            model,
+            model_dir,
+            settings,
+            prompt,
+            local,
+            num_workers,
+            batch_size,
+            address,
+            {"trust_remote_code": trust_remote_code},
+            log,
+        )
+
+
+def read_model_config(model_dir: Path, trust_remote_code: bool):
+    """The model's config, read with this package's class for its own folders; another model's config class only
+    with --trust-remote-code."""
+    path = model_dir / "config.json"
+    try:
+        raw = json.loads(path.read_text())
+    except (OSError, ValueError) as error:
+        raise CorpusError(f"--model {model_dir} has no readable config.json ({error}).") from error
+    if is_embeddinggemma_config(raw):
+        return EmbeddingGemmaConfig.from_pretrained(model_dir)
+    if not trust_remote_code:
+        raise CorpusError(
+            f"--model {model_dir} is not an EmbeddingGemma folder written by this package (architectures "
+            f"{raw.get('architectures')}); running its own code needs --trust-remote-code. Or convert it first with "
+            "embeddinggemma-convert."
+        )
+    from transformers import AutoConfig
+
+    return AutoConfig.from_pretrained(model_dir, trust_remote_code=True)
+
+
+def _embed_locked(
+    input_path, output, model, model_dir, settings, prompt, local, num_workers, batch_size, address, trust, log
+) -> dict:
+    """`embed_corpus` once it holds OUTPUT's lock: stage or resume, embed what is pending, check the result."""
     expected = {  # compared on resume; paths are informational (a moved file with the same content may resume)
         "input": {"sha256": file_sha256(input_path)},
-        "model": {"fingerprint": fingerprint_folder(model_dir)},
+        "model": {"fingerprint": fingerprint_folder(model_dir, cache=output / MODEL_FINGERPRINTS)},
         "settings": {**asdict(settings), "prompt": prompt},
     }
-    output.mkdir(parents=True, exist_ok=True)
     manifest = read_manifest(output)
     if manifest is None:
         if any(output.glob("part-*.parquet")):
@@ -439,18 +649,32 @@ def embed_corpus(
     started = time.perf_counter()
     if pending:
         if local:
-            rows = run_local(pending, model_dir, output, settings, metadata, batch_size)
+            rows = run_local(pending, model_dir, output, settings, metadata, batch_size, trust)
         else:
-            rows = run_ray(pending, model_dir, output, settings, metadata, batch_size, num_workers, address)
+            rows = run_ray(pending, model_dir, output, settings, metadata, batch_size, num_workers, address, trust)
     else:
         rows = 0
     seconds = time.perf_counter() - started
     missing = [k for k in range(counts["shards"]) if not part_path(output, k).is_file()]
     if missing:
         raise CorpusError(f"Shards {missing[:10]} were not written; re-run the same command to finish them.")
+    check_complete(output, counts)
     summary = {**counts, "embedded_now": rows, "seconds": round(seconds, 2), "output": str(output)}
     log(f"done: {summary}")
     return summary
+
+
+def check_complete(output: Path, counts: dict) -> None:
+    """The finished output holds exactly the manifest's shards and rows: no part file of another job, no extra row."""
+    expected = {part_path(output, k).name for k in range(counts["shards"])}
+    found = {p.name for p in output.glob("part-*.parquet")}
+    rows = sum(pq.ParquetFile(output / name).metadata.num_rows for name in found & expected)
+    if found != expected or rows != counts["embedded_rows"]:
+        raise CorpusError(
+            f"{output} does not hold what its manifest says: {len(found)} part files for {len(expected)} shards "
+            f"(unexpected: {sorted(found - expected)[:5]}), {rows} rows for {counts['embedded_rows']}. Another job "
+            "wrote into it; embed into a new --output."
+        )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -475,6 +699,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--num-workers", type=int, default=1, help="Ray actors holding a model each")
     parser.add_argument("--address", help="Ray cluster address (default: start a local Ray)")
     parser.add_argument("--local", action="store_true", help="run in this process, without Ray")
+    parser.add_argument(
+        "--trust-remote-code",
+        action="store_true",
+        help="run the code of a --model that this package did not write (its own folders need none)",
+    )
     args = parser.parse_args(argv)
     try:
         embed_corpus(
@@ -485,6 +714,7 @@ def main(argv: list[str] | None = None) -> int:
             num_workers=args.num_workers,
             batch_size=args.batch_size,
             address=args.address,
+            trust_remote_code=args.trust_remote_code,
             id_column=args.id_column,
             text_column=args.text_column,
             title_column=args.title_column,

@@ -41,7 +41,8 @@ class EmbeddingGemmaEncodeMixin:
             from transformers import AutoTokenizer
 
             try:
-                tokenizer = AutoTokenizer.from_pretrained(source, trust_remote_code=True)
+                # the model's own config: the folder's config (and any code it names) is not loaded again
+                tokenizer = AutoTokenizer.from_pretrained(source, config=self.config)
             except (OSError, ValueError) as error:
                 raise AttributeError(f"{NO_TOKENIZER} Loading one from {source!r} failed: {error}") from error
             self.__dict__["_tokenizer"] = tokenizer
@@ -205,14 +206,28 @@ def max_input_length(config, tokenizer) -> int:
 def _as_text_list(texts) -> tuple[list[str], bool]:
     """(texts as a list, whether one string was given), with a clear error for anything but strings."""
     if isinstance(texts, str):
+        _check_encodable([texts])
         return [texts], True
     if isinstance(texts, (dict, bytes)) or not hasattr(texts, "__iter__"):
         raise TypeError(f"encode takes a string or a list of strings, got {type(texts).__name__}.")
     texts = list(texts)
+    _check_encodable([t for t in texts if isinstance(t, str)])
     bad = [(i, type(t).__name__) for i, t in enumerate(texts) if not isinstance(t, str)]
     if bad:
         raise TypeError(f"encode takes a string or a list of strings; items (index, type) {bad[:5]} are not strings.")
     return texts, False
+
+
+def _check_encodable(texts: list[str]) -> None:
+    """Text the tokenizer cannot take (lone surrogates, e.g. from a bad decode) fails naming its index."""
+    for index, text in enumerate(texts):
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError as error:
+            raise ValueError(
+                f"Text {index} is not valid Unicode ({error.reason} at character {error.start}: a lone surrogate, "
+                "usually from decoding bytes wrongly); fix or drop it, e.g. text.encode('utf-8', 'replace').decode()."
+            ) from None
 
 
 def token_length_batches(lengths: list[int], batch_size: int | None, max_batch_tokens: int | None = None) -> list[int]:

@@ -558,6 +558,12 @@ class EmbeddingGemmaTextModel(EmbeddingGemmaPreTrainedModel):
         padding_mask = _padding_mask(attention_mask, batch, length, device)
         if torch.float16 in (self.embed_tokens.weight.dtype, getattr(inputs_embeds, "dtype", None)):
             raise ValueError(FLOAT16_ERROR)
+        if not is_traced() and length > self.config.max_position_embeddings:
+            logger.warning_once(
+                f"Inputs of {length} tokens are longer than the model's {self.config.max_position_embeddings} "
+                "positions; the model was not trained on them and quality drops. Truncate them (the tokenizer's "
+                "truncation=True, or `encode`, which does)."
+            )
 
         if self.select_path(position_ids, output_hidden_states, output_attentions) == "packed":
             hidden_states, packed = self.fast_path(self, input_ids, padding_mask, inputs_embeds)
@@ -658,7 +664,14 @@ class EmbeddingGemmaModel(EmbeddingGemmaEncodeMixin, EmbeddingGemmaPreTrainedMod
 
     def check_truncate_dim(self, truncate_dim: int | None) -> int | None:
         """Returns `truncate_dim` if it is one of the Matryoshka dims (None: the full embedding), else raises."""
-        if truncate_dim is None or truncate_dim == self.config.embedding_dim:
+        if truncate_dim is None:
+            return None
+        if isinstance(truncate_dim, bool) or not isinstance(truncate_dim, int):
+            raise TypeError(
+                f"truncate_dim={truncate_dim!r} must be an int, one of this model's Matryoshka dims "
+                f"{self.config.matryoshka_dims}."
+            )
+        if truncate_dim == self.config.embedding_dim:
             return None
         if truncate_dim not in self.config.matryoshka_dims:
             raise ValueError(

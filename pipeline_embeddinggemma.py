@@ -40,6 +40,10 @@ class SentenceEmbeddingPipeline(Pipeline):
                 "{'source_sentence': str, 'sentences': [str, ...]}; got "
                 f"{type(inputs).__name__}."
             )
+        if isinstance(inputs, tuple):
+            inputs = list(inputs)  # transformers' Pipeline batches lists only
+        if isinstance(inputs, list) and not inputs:
+            return []
         return super().__call__(inputs, **kwargs)
 
     def preprocess(self, text, prompt=""):
@@ -56,10 +60,21 @@ class SentenceEmbeddingPipeline(Pipeline):
     def similarity(self, inputs, prompt_name=None, prompt=None, truncate_dim=None, **kwargs):
         """Cosine similarity of `inputs["source_sentence"]` to each of `inputs["sentences"]` (the Hub's
         sentence-similarity widget format). The prompt, if any, applies to every text."""
-        if set(inputs) != {"source_sentence", "sentences"} or not isinstance(inputs["sentences"], (list, tuple)):
+        if set(inputs) != {"source_sentence", "sentences"}:
             raise ValueError(
                 f"Expected {{'source_sentence': str, 'sentences': [str, ...]}}, got keys {sorted(inputs)}."
             )
+        source, sentences = inputs["source_sentence"], inputs["sentences"]
+        if not isinstance(source, str) or not isinstance(sentences, (list, tuple)):
+            raise TypeError(
+                "Expected {'source_sentence': str, 'sentences': [str, ...]}, got source_sentence "
+                f"{type(source).__name__} and sentences {type(sentences).__name__}."
+            )
+        bad = [(i, type(s).__name__) for i, s in enumerate(sentences) if not isinstance(s, str)]
+        if bad:
+            raise TypeError(f"sentences must all be strings; items (index, type) {bad[:5]} are not.")
+        if not sentences:
+            return []
         texts = [inputs["source_sentence"], *inputs["sentences"]]
         embeddings = torch.tensor(
             self.__call__(texts, prompt_name=prompt_name, prompt=prompt, truncate_dim=truncate_dim, **kwargs)

@@ -39,3 +39,16 @@ def test_bench_inference_smoke():
         if row[7]:
             assert float(row[7]) <= 1e-5, row  # our fast path vs our reference path
     assert sum(line.startswith("|") and "GEMM ceiling" in line for line in result.stdout.splitlines()) == 3
+
+
+def test_bench_compile_smoke():
+    result = subprocess.run(
+        [sys.executable, str(REPO / "benchmarks" / "bench_compile.py"), "--smoke", "--repeats", "1"],
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    difference = float(result.stdout.split("max abs difference ")[1].split()[0])
+    assert difference <= 1e-5, result.stdout  # the compiled reference path gives the eager packed path's vectors
+    assert "| torch.compile (reference path) |" in result.stdout
