@@ -107,7 +107,7 @@ def resolve_source(source: str, allow_patterns: list[str] | None = ALLOW_PATTERN
     except Exception as error:  # network, auth, missing repo: all end here with the cause attached
         raise ConversionError(
             f"Could not fetch {source!r} from the Hub ({type(error).__name__}: {error}). Check the repo id, your "
-            "network and your token (`huggingface-cli login`; gated repos need their terms accepted), or pass a "
+            "network and your token (`hf auth login`; gated repos need their terms accepted), or pass a "
             "local folder."
         ) from error
 
@@ -456,7 +456,9 @@ def read_embeddinggemma(path: Path, name: str, **_) -> Source:
         model = EmbeddingGemmaModel.from_pretrained(folder, dtype=torch.float32).eval()
         return lambda ids, mask: ("embedding", model(input_ids=ids, attention_mask=mask).sentence_embedding)
 
-    return Source("embeddinggemma", name, fields, state_dict, auto_tokenizer(folder), reference)
+    # the tokenizer with our config given, so that transformers does not load the folder's config class (its code)
+    tokenizer = auto_tokenizer(folder, config=EmbeddingGemmaConfig.from_pretrained(folder))
+    return Source("embeddinggemma", name, fields, state_dict, tokenizer, reference)
 
 
 def read_gemma3(path: Path, name: str, gguf_file: str | None = None, **_) -> Source:

@@ -11,8 +11,10 @@ How it works:
    split, in input order, into shards of --shard-rows rows written to OUTPUT/_staging/. Bad rows (missing id,
    text that is not a string, an id seen before) fail the job with their positions (--on-bad-rows fail, the
    default) or go to OUTPUT/_rejects.jsonl with their position and reason (--on-bad-rows skip); never silently.
-2. A manifest (OUTPUT/_manifest.json) records the input's checksum, the model's fingerprint and every setting that
-   changes the output. A re-run with a different input, model or setting is refused instead of mixing outputs.
+2. A manifest (OUTPUT/_manifest.json) records the input's checksum, the model's fingerprint (every byte of its
+   config, tokenizer, code and weights) and every setting that changes the output. A re-run with a different input,
+   model or setting is refused instead of mixing outputs. One run at a time holds OUTPUT (OUTPUT/_lock); a second
+   run stops with a clear message, and a lock left by a killed run is taken over.
 3. Embedding: each pending shard goes to a worker holding the model (a Ray Data `map_batches` actor pool, or a loop
    with --local), which embeds it with `model.encode` (token-length-sorted batches) and commits
    OUTPUT/part-NNNNN.parquet atomically (temporary file, then rename). A job killed at any point and re-run with the

@@ -52,7 +52,7 @@ setup(
             "onnx>=1.16",
             "onnxruntime>=1.18",
             "onnxscript>=0.2",
-            "ruff>=0.6",
+            "ruff==0.17.6",
         ],
     },
     entry_points={

@@ -484,3 +484,16 @@ def test_no_local_path_in_any_written_file(tiny_converted_dir):
     for path in tiny_converted_dir.iterdir():
         if path.suffix in (".json", ".md"):
             assert "/tmp/" not in path.read_text() and str(REPO) not in path.read_text(), path.name
+
+
+def test_an_embeddinggemma_only_folder_converts_without_its_code_or_a_prompt(tiny_converted_dir, tmp_path):
+    """A folder whose model_type only this package reads (a T5Gemma-derived encoder, say): its tokenizer is loaded
+    without transformers asking to run the folder's code."""
+    source = tmp_path / "source"
+    shutil.copytree(tiny_converted_dir, source)
+    config = json.loads((source / "config.json").read_text())
+    config["model_type"] = "embeddinggemma"
+    del config["use_bidirectional_attention"]
+    (source / "config.json").write_text(json.dumps(config))
+    poison(source)
+    convert(str(source), tmp_path / "out", "embeddinggemma")
