@@ -249,10 +249,10 @@ class EmbeddingGemmaAttention(nn.Module):
 
         if hasattr(ALL_ATTENTION_FUNCTIONS, "get_interface"):  # transformers >= 5
             attention = ALL_ATTENTION_FUNCTIONS.get_interface(implementation, eager_attention_forward)
-        else:
-            attention = (
-                eager_attention_forward if implementation == "eager" else ALL_ATTENTION_FUNCTIONS[implementation]
-            )
+        elif implementation == "eager":
+            attention = eager_attention_forward
+        else:  # transformers 4.x, whose set_attn_implementation looks for this lookup in the source
+            attention = ALL_ATTENTION_FUNCTIONS[self.config._attn_implementation]
         attn_output, attn_weights = attention(
             self,
             query,
@@ -516,7 +516,7 @@ class EmbeddingGemmaTextModel(EmbeddingGemmaPreTrainedModel):
         return output if _return_dict(self.config, return_dict) else output.to_tuple()
 
     def select_path(self, position_ids=None, output_hidden_states=False, output_attentions=False) -> str:
-        """ "packed" or "reference": the one place where a forward's path is chosen (logged once per reason).
+        """Returns "packed" or "reference": the one place where a forward's path is chosen (logged once per reason).
 
         The packed path (fast_path_embeddinggemma.py) runs in inference with SDPA attention, default positions and
         no per-layer outputs, unless `config.use_fast_path` is False. Everything else, and anything traced, exported

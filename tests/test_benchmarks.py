@@ -52,3 +52,22 @@ def test_bench_compile_smoke():
     difference = float(result.stdout.split("max abs difference ")[1].split()[0])
     assert difference <= 1e-5, result.stdout  # the compiled reference path gives the eager packed path's vectors
     assert "| torch.compile (reference path) |" in result.stdout
+
+
+def test_bench_ab_compares_two_folders(tiny_converted_dir):
+    result = subprocess.run(
+        [
+            sys.executable,
+            str(REPO / "benchmarks" / "bench_ab.py"),
+            str(tiny_converted_dir),
+            str(tiny_converted_dir),
+            "--repeats",
+            "1",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "max abs diff 0.0e+00" in result.stdout  # the same folder twice gives the same embeddings
+    assert result.stdout.count("| forward,") == 2
