@@ -35,6 +35,7 @@ import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 
 from configuration_embeddinggemma import MODEL_TYPES, POOLING_MODES, EmbeddingGemmaConfig, is_embeddinggemma_config
+from embed_corpus import process_alive
 from modeling_embeddinggemma import EmbeddingGemmaModel, pool
 
 
@@ -847,15 +848,23 @@ def agreement(
 
 @torch.no_grad()
 def verify_embeddinggemma(folder: Path, source: Source, model: EmbeddingGemmaModel, tokenizer) -> dict:
-    """Loads the written folder through AutoModel (remote code) and compares it with the source framework's own
-    model on a few texts. Returns the figures; raises if they disagree beyond MIN_COSINE for the output dtype."""
+    """Loads the written folder through AutoModel (remote code), checks that its weights are exactly the source's
+    (always), and compares it with the source framework's own model on a few texts (when that framework runs here).
+    Returns the figures; raises on changed weights or a cosine below MIN_COSINE for the output dtype."""
     from transformers import AutoModel
 
+    model = AutoModel.from_pretrained(folder, trust_remote_code=True, dtype=model.dtype).eval()  # the code written
+    changed = changed_weights(model.state_dict(), source.state_dict, model.dtype)
+    if changed:
+        raise ConversionError(
+            f"Verification failed: the written weights are not the source's (cast to "
+            f"{str(model.dtype).removeprefix('torch.')}): {changed[:10]} differ. Nothing was written. Please report "
+            "this with the source checkpoint's name."
+        )
     try:
         reference = source.reference()
     except ReferenceUnavailable as reason:
         return {"verified": False, "reason": str(reason)}
-    model = AutoModel.from_pretrained(folder, trust_remote_code=True, dtype=model.dtype).eval()  # the code written
     input_ids, attention_mask = verification_batch(tokenizer, model.config)
     ours = model(input_ids=input_ids, attention_mask=attention_mask)
     what, expected = reference(input_ids, attention_mask)
@@ -873,12 +882,6 @@ def verify_embeddinggemma(folder: Path, source: Source, model: EmbeddingGemmaMod
         pooled = F.normalize(F.pad(pooled, (0, dim - pooled.shape[-1])), dim=-1)
         figures["identity_head_max_abs_diff"] = float((pooled - ours.sentence_embedding.float()).abs().max())
     threshold = MIN_COSINE[model.dtype]
-    changed = changed_weights(folder, source.state_dict, model.dtype)
-    if changed:
-        raise ConversionError(
-            f"Verification failed: the written weights are not the source's (cast to {figures['dtype']}): "
-            f"{changed[:10]} differ. Nothing was written. Please report this with the source checkpoint's name."
-        )
     if not figures["min_cosine"] >= threshold:
         raise ConversionError(
             f"Verification failed: the converted model disagrees with the source framework's ({figures}); expected a "
@@ -888,11 +891,12 @@ def verify_embeddinggemma(folder: Path, source: Source, model: EmbeddingGemmaMod
     return figures
 
 
-def changed_weights(folder: Path, expected: dict[str, torch.Tensor], dtype: torch.dtype) -> list[str]:
-    """Names of the written weights that are not exactly the source's after the cast to `dtype` (or are missing or
-    extra): a conversion only renames, folds and casts, so anything else is damage. Exact, whatever the dtype, where
-    the cosine check can only be as fine as bfloat16's rounding."""
-    written = load_safetensors(folder, "written model")
+def changed_weights(
+    written: dict[str, torch.Tensor], expected: dict[str, torch.Tensor], dtype: torch.dtype
+) -> list[str]:
+    """Names of the written weights (as the written folder loads) that are not exactly the source's after the cast to
+    `dtype` (or are missing or extra): a conversion only renames, folds and casts, so anything else is damage. Exact,
+    whatever the dtype, where the cosine check can only be as fine as bfloat16's rounding."""
     names = sorted(set(written) | set(expected))
     return [
         name
@@ -1167,20 +1171,10 @@ def remove_stale_temporary_folders(output_dir: Path) -> list[Path]:
             writer = json.loads(owner.read_text())
         except (OSError, ValueError):
             continue
-        if writer.get("host") == socket.gethostname() and not _process_alive(writer.get("pid", -1)):
+        if writer.get("host") == socket.gethostname() and not process_alive(writer.get("pid")):
             shutil.rmtree(candidate, ignore_errors=True)
             removed.append(candidate)
     return removed
-
-
-def _process_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except (PermissionError, OverflowError, ValueError):
-        return pid > 0
-    return True
 
 
 class _Terminated(BaseException):

@@ -232,9 +232,8 @@ class OutputLock:
 
     def _stale(self, holder: dict) -> bool:
         """Its run is gone: no such process on this host, or no heartbeat for LOCK_STALE_S (any host)."""
-        if holder.get("host") == self.owner["host"] and isinstance(holder.get("pid"), int):
-            if not _process_alive(holder["pid"]):
-                return True
+        if holder.get("host") == self.owner["host"] and not process_alive(holder.get("pid")):
+            return True
         return holder["age"] > LOCK_STALE_S
 
     def _heartbeat(self):
@@ -252,12 +251,16 @@ def _read_json(path: Path) -> dict:
         return {}
 
 
-def _process_alive(pid: int) -> bool:
+def process_alive(pid) -> bool:
+    """Whether process `pid` runs on this host (also used by the converter for its temporary folders). Anything but
+    a positive int, as read from a damaged lock or owner file, is no process."""
+    if isinstance(pid, bool) or not isinstance(pid, int) or pid <= 0:
+        return False
     try:
         os.kill(pid, 0)
-    except ProcessLookupError:
+    except (ProcessLookupError, OverflowError):
         return False
-    except PermissionError:
+    except PermissionError:  # it exists, under another user
         return True
     return True
 
@@ -416,12 +419,13 @@ class ShardEmbedder:
         metadata: dict,
         batch_size: int = 32,
         threads: int | None = None,
+        trust_remote_code: bool = False,
     ):
         import torch
 
         if threads:
             torch.set_num_threads(threads)
-        self.model = load_model(model_dir, settings.pop("trust_remote_code", False))
+        self.model = load_model(model_dir, trust_remote_code)
         self.output = Path(output)
         self.settings = Settings(**settings)
         self.metadata = {b"embeddinggemma": json.dumps(metadata, sort_keys=True).encode()}
@@ -486,11 +490,19 @@ def load_model(model_dir: str, trust_remote_code: bool = False):
 
 
 def run_local(
-    pending: list[int], model_dir: Path, output: Path, settings: Settings, metadata: dict, batch_size: int, trust: dict
+    pending: list[int],
+    model_dir: Path,
+    output: Path,
+    settings: Settings,
+    metadata: dict,
+    batch_size: int,
+    trust_remote_code: bool,
 ) -> int:
     from tqdm.auto import tqdm
 
-    embedder = ShardEmbedder(str(model_dir), str(output), {**asdict(settings), **trust}, metadata, batch_size)
+    embedder = ShardEmbedder(
+        str(model_dir), str(output), asdict(settings), metadata, batch_size, trust_remote_code=trust_remote_code
+    )
     return sum(embedder.embed_shard(shard) for shard in tqdm(pending, desc="Shards", unit="shard"))
 
 
@@ -503,7 +515,7 @@ def run_ray(
     batch_size: int,
     num_workers: int,
     address: str | None,
-    trust: dict,
+    trust_remote_code: bool,
 ) -> int:
     try:
         import ray
@@ -521,10 +533,11 @@ def run_ray(
             fn_constructor_args=(
                 str(model_dir),
                 str(output),
-                {**asdict(settings), **trust},
+                asdict(settings),
                 metadata,
                 batch_size,
                 threads,
+                trust_remote_code,
             ),
             batch_size=1,
             batch_format="numpy",
@@ -591,7 +604,7 @@ def embed_corpus(
             num_workers,
             batch_size,
             address,
-            {"trust_remote_code": trust_remote_code},
+            trust_remote_code,
             log,
         )
 
@@ -618,7 +631,18 @@ def read_model_config(model_dir: Path, trust_remote_code: bool):
 
 
 def _embed_locked(
-    input_path, output, model, model_dir, settings, prompt, local, num_workers, batch_size, address, trust, log
+    input_path,
+    output,
+    model,
+    model_dir,
+    settings,
+    prompt,
+    local,
+    num_workers,
+    batch_size,
+    address,
+    trust_remote_code,
+    log,
 ) -> dict:
     """`embed_corpus` once it holds OUTPUT's lock: stage or resume, embed what is pending, check the result."""
     expected = {  # compared on resume; paths are informational (a moved file with the same content may resume)
@@ -651,9 +675,11 @@ def _embed_locked(
     started = time.perf_counter()
     if pending:
         if local:
-            rows = run_local(pending, model_dir, output, settings, metadata, batch_size, trust)
+            rows = run_local(pending, model_dir, output, settings, metadata, batch_size, trust_remote_code)
         else:
-            rows = run_ray(pending, model_dir, output, settings, metadata, batch_size, num_workers, address, trust)
+            rows = run_ray(
+                pending, model_dir, output, settings, metadata, batch_size, num_workers, address, trust_remote_code
+            )
     else:
         rows = 0
     seconds = time.perf_counter() - started

@@ -28,6 +28,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.fx import _symbolic_trace
 from transformers import PreTrainedModel
 from transformers.activations import ACT2FN
 from transformers.modeling_layers import GradientCheckpointingLayer
@@ -306,6 +307,10 @@ class EmbeddingGemmaEncoderLayer(GradientCheckpointingLayer):
 # ----------------------------------------------------------------------------------------------------------------
 
 
+# fx's own test: is_fx_tracing() also answers True under torch.export and warns that it does (torch >= 2.9)
+_is_fx_symbolic_tracing = getattr(_symbolic_trace, "is_fx_symbolic_tracing", _symbolic_trace.is_fx_tracing)
+
+
 def is_traced() -> bool:
     """Whether this forward is being traced, exported or compiled: data-dependent shortcuts (a dropped mask, the
     packed path's per-text loop) would be baked in for every later input, so they must step aside."""
@@ -313,10 +318,7 @@ def is_traced() -> bool:
         return True
     if getattr(torch.compiler, "is_exporting", lambda: False)():
         return True
-    from torch.fx import _symbolic_trace
-
-    fx_tracing = getattr(_symbolic_trace, "is_fx_symbolic_tracing", _symbolic_trace.is_fx_tracing)
-    return fx_tracing() or torch.onnx.is_in_onnx_export()
+    return _is_fx_symbolic_tracing() or torch.onnx.is_in_onnx_export()
 
 
 def bidirectional_attention_mask(
