@@ -36,6 +36,21 @@ from safetensors.torch import load_file, save_file
 
 from configuration_embeddinggemma import MODEL_TYPES, POOLING_MODES, EmbeddingGemmaConfig, is_embeddinggemma_config
 from embed_corpus import process_alive
+from export_embeddinggemma import (
+    GGUF_TYPES,
+    ONNX_FILE,
+    ExportError,
+    ExportOptions,
+    check_gguf_exportable,
+    check_onnx_tools,
+    export_gguf,
+    export_onnx,
+    gguf_vocab,
+    reference_embeddings,
+    require_float32,
+    verify_gguf,
+    verify_onnx,
+)
 from modeling_embeddinggemma import EmbeddingGemmaModel, pool
 
 
@@ -819,12 +834,23 @@ def prepare_tokenizer(tokenizer, max_length: int):
 # ----------------------------------------------------------------------------------------------------------------
 
 
-def verification_batch(tokenizer, config: EmbeddingGemmaConfig) -> tuple[torch.Tensor, torch.Tensor]:
-    """A few texts, right-padded, one of them longer than the sliding window (so the window is checked too)."""
+def verification_texts(tokenizer, config: EmbeddingGemmaConfig) -> list[str]:
+    """A few texts, one of them longer than the sliding window (so the window is checked too) but within the model's
+    and the tokenizer's maximum length: whole strings, for runtimes that tokenise themselves."""
     left, right = config.attention_window
     target = min(left + right + 64, config.max_position_embeddings, tokenizer.model_max_length or 10**9)
-    long_text = " ".join(f"planet {i} orbits a quiet star." for i in range(target))
-    batch = tokenizer(VERIFY_TEXTS + [long_text], padding=True, truncation=True, max_length=target, return_tensors="pt")
+    sentences = []
+    while True:
+        candidate = " ".join([*sentences, f"planet {len(sentences)} orbits a quiet star."])
+        if len(sentences) > 4 * target or len(tokenizer(candidate)["input_ids"]) > target:
+            break
+        sentences.append(f"planet {len(sentences)} orbits a quiet star.")
+    return VERIFY_TEXTS + [" ".join(sentences)]
+
+
+def verification_batch(tokenizer, config: EmbeddingGemmaConfig) -> tuple[torch.Tensor, torch.Tensor]:
+    """`verification_texts`, tokenised and right-padded."""
+    batch = tokenizer(verification_texts(tokenizer, config), padding=True, return_tensors="pt")
     return batch["input_ids"], batch["attention_mask"]
 
 
@@ -847,7 +873,7 @@ def agreement(
 
 
 @torch.no_grad()
-def verify_embeddinggemma(folder: Path, source: Source, model: EmbeddingGemmaModel, tokenizer) -> dict:
+def verify_embeddinggemma(folder: Path, source: Source, model: EmbeddingGemmaModel, tokenizer, export=None) -> dict:
     """Loads the written folder through AutoModel (remote code), checks that its weights are exactly the source's
     (always), and compares it with the source framework's own model on a few texts (when that framework runs here).
     Returns the figures; raises on changed weights or a cosine below MIN_COSINE for the output dtype."""
@@ -938,24 +964,28 @@ def gemma3_text_config(config: EmbeddingGemmaConfig) -> dict:
     return out
 
 
-def write_embeddinggemma(folder: Path, model: EmbeddingGemmaModel, tokenizer) -> None:
+def write_embeddinggemma(folder: Path, model: EmbeddingGemmaModel, tokenizer, export=None) -> None:
     """This package's folder: config, safetensors, tokenizer, code and the sentence-transformers view files, as
     `EmbeddingGemmaModel.save_pretrained` writes them."""
     model.tokenizer = tokenizer
     model.save_pretrained(folder, safe_serialization=True)
 
 
-def export_sentence_transformers(folder: Path, model: EmbeddingGemmaModel, tokenizer) -> None:
+def export_sentence_transformers(
+    folder: Path, model: EmbeddingGemmaModel, tokenizer, export=None, encoder_weights: bool = True
+) -> None:
     """google/embeddinggemma-300m's layout: bare Gemma3TextModel keys, 1_Pooling (verbose legacy schema), N_Dense,
-    modules.json with the classic `sentence_transformers.models.*` paths, prompts."""
+    modules.json with the classic `sentence_transformers.models.*` paths, prompts. Without `encoder_weights` (an ONNX
+    folder, whose graph holds them) everything but the encoder's model.safetensors."""
     config = model.config
     state = model.state_dict()
     (folder / "config.json").write_text(json.dumps(gemma3_text_config(config), indent=2) + "\n")
-    save_file(
-        {k.removeprefix("model."): v.contiguous() for k, v in state.items() if k.startswith("model.")},
-        folder / "model.safetensors",
-        metadata={"format": "pt"},
-    )
+    if encoder_weights:
+        save_file(
+            {k.removeprefix("model."): v.contiguous() for k, v in state.items() if k.startswith("model.")},
+            folder / "model.safetensors",
+            metadata={"format": "pt"},
+        )
     modules = [{"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"}]
     modes = {
         "cls": "cls_token",
@@ -1021,33 +1051,141 @@ def write_model_card(
     folder: Path,
     config: EmbeddingGemmaConfig,
     source: Source,
-    target: str,
+    export: Export,
     name: str,
-    figures: dict | None,
+    figures: dict[str, dict],
     base_model: str | None,
 ) -> None:
-    """README.md with Hub metadata, usage snippets and the parity figures measured at conversion; `name` is the
-    Hub repo id or the output folder's name."""
-    library = "sentence-transformers" if target == "sentence-transformers" else "transformers"
+    """README.md: Hub front matter (library, tags for each integration), the files of each variant with how to use
+    them (transformers, sentence-transformers, ONNX Runtime, Transformers.js, llama.cpp), and the parity figures
+    measured at conversion. `name` is the Hub repo id or the output folder's name."""
+    targets = export.targets
+    library = "sentence-transformers" if "sentence-transformers" in targets else "transformers"
+    if export.base is None:
+        library = "onnx" if "onnx" in targets else "gguf"
     tags = ["embeddinggemma", "sentence-similarity", "feature-extraction", "text-embeddings", "matryoshka"]
-    if target == "sentence-transformers":
+    if "sentence-transformers" in targets:
         tags += ["sentence-transformers", "text-embeddings-inference"]
+    if "onnx" in targets:
+        tags += ["onnx", "transformers.js"]
+    if "gguf" in targets:
+        tags += ["gguf", "llama.cpp"]
     meta = ["---", f"library_name: {library}", "pipeline_tag: sentence-similarity", "license: gemma", "tags:"]
     meta += [f"- {tag}" for tag in tags]
     if base_model:
         meta += ["base_model:", f"- {base_model}"]
     meta.append("---")
+    sections = [model_card_usage(name, target, config, export, figures.get(target)) for target in targets]
+    head = (
+        ""
+        if not source.added_head
+        else (
+            "\n**This encoder's embedding head is freshly initialised: fine-tune it before use** "
+            "(see the training recipe of the embeddinggemma package).\n"
+        )
+    )
+    files = "\n".join(f"| `{file}` | {what} |" for file, what in model_card_files(targets, export.options))
+    body = f"""
+# {name}
+
+An EmbeddingGemma-architecture text embedding model: bidirectional Gemma 3 encoder ({config.num_hidden_layers}
+layers, hidden {config.hidden_size}) -> mean pooling -> Dense {" -> ".join(map(str, config.dense_out_features))}
+-> L2 normalisation, {config.embedding_dim}-d embeddings, Matryoshka dims {config.matryoshka_dims}.
+Converted from {public_name(source.name)} (`--from {source.kind}`) by the embeddinggemma package's
+`convert_checkpoint.py` (`--to {",".join(targets)}`).
+{head}
+## Files
+
+| file | what it is |
+|---|---|
+{files}
+
+Prompts: `task: search result | query: ` for queries, `title: {{title | none}} | text: ` for documents; the full
+table is in `config_sentence_transformers.json`. Runtimes other than sentence-transformers and this model's own
+`encode` do not add them: prepend them yourself. Use float32 or bfloat16: float16 overflows.
+
+{chr(10).join(sections)}
+## Conversion notes
+
+{chr(10).join(f"- {note}" for note in source.notes) or "- renamed only"}
+"""
+    (folder / "README.md").write_text("\n".join(meta) + "\n" + body)
+
+
+def model_card_files(targets: tuple[str, ...], options: ExportOptions) -> list[tuple[str, str]]:
+    files = []
+    if "embeddinggemma" in targets:
+        files += [
+            ("config.json", "the model's config (transformers reads it as Gemma 3 where it can)"),
+            ("model.safetensors", "the encoder and the Dense head, float32 or bfloat16"),
+            ("*_embeddinggemma.py", "the model's code (`trust_remote_code=True`)"),
+        ]
+    if "sentence-transformers" in targets or ("onnx" in targets and not any(TARGETS[t].base for t in targets)):
+        files += [
+            ("config.json", "Gemma 3 encoder config (`Gemma3TextModel`, bidirectional)"),
+            ("modules.json, 1_Pooling/, 2_Dense/, 3_Dense/", "sentence-transformers' pooling and Dense head"),
+        ]
+    if "sentence-transformers" in targets:
+        files.append(("model.safetensors", "the encoder's weights"))
+    files.append(("tokenizer.json, tokenizer_config.json", "the tokenizer (adds `<bos>` and `<eos>`)"))
+    if "onnx" in targets:
+        files += [
+            (
+                f"onnx/{ONNX_FILE}",
+                "ONNX, float32: inputs `input_ids`, `attention_mask`; outputs `last_hidden_state`, "
+                "`sentence_embedding` (pooled, Dense head, normalised)",
+            ),
+            ("onnx/model_quantized.onnx", "ONNX, int8 weights (onnxruntime dynamic quantization), same inputs/outputs"),
+        ]
+    if "gguf" in targets:
+        files += [
+            (f"{options.name}-{t}.gguf", f"GGUF {t} for llama.cpp / Ollama (`gemma-embedding`, Dense head included)")
+            for t in options.gguf_types
+        ]
+    return files
+
+
+def _parity(figures: dict | None) -> str:
+    if not figures:
+        return "Not verified at conversion."
+    if figures.get("verified") is False:
+        return f"Not verified at conversion: {figures['reason']}."
+    if "compared" in figures:
+        return (
+            f"Verified at conversion against the source framework's own model ({figures['compared']}, "
+            f"{figures['texts']} texts, {figures['tokens']} tokens, longest {figures['longest']}): minimum cosine "
+            f"{figures['min_cosine']}, maximum absolute difference {figures['max_abs_diff']:.3g} in "
+            f"{figures['dtype']}."
+        )
+    return "Verified at conversion against the float32 model: " + json.dumps(figures, default=str)
+
+
+def model_card_usage(name: str, target: str, config: EmbeddingGemmaConfig, export: Export, figures) -> str:
+    """One variant's usage section of the model card; the Python blocks run as they are (tests run them)."""
+    query = "task: search result | query: Which planet is known as the Red Planet?"
+    documents = [
+        "title: none | text: Mars is often referred to as the Red Planet.",
+        "title: none | text: Venus is Earth's twin.",
+    ]
+    parity = _parity(figures)
     if target == "sentence-transformers":
-        usage = f"""```python
+        return f"""## sentence-transformers
+
+```python
 from sentence_transformers import SentenceTransformer
 
 model = SentenceTransformer("{name}")
 query = model.encode_query("Which planet is known as the Red Planet?")
 documents = model.encode_document(["Mars is often referred to as the Red Planet.", "Venus is Earth's twin."])
 print(model.similarity(query, documents))
-```"""
-    else:
-        usage = f"""```python
+```
+
+{parity}
+"""
+    if target == "embeddinggemma":
+        return f"""## transformers
+
+```python
 from transformers import AutoModel
 
 model = AutoModel.from_pretrained("{name}", trust_remote_code=True)
@@ -1057,49 +1195,80 @@ print(documents @ query)  # cosine similarities; truncate_dim={config.matryoshka
 ```
 
 Also `SentenceTransformer("{name}", trust_remote_code=True)` (sentence-transformers >= 5.5) and
-`pipeline("sentence-embeddings", model="{name}", trust_remote_code=True)`."""
-    if figures and figures.get("verified"):
-        parity = (
-            f"Verified at conversion against the source framework's own model ({figures['compared']}, "
-            f"{figures['texts']} texts, {figures['tokens']} tokens, longest {figures['longest']}): minimum cosine "
-            f"{figures['min_cosine']}, maximum absolute difference {figures['max_abs_diff']:.3g} in "
-            f"{figures['dtype']}."
-        )
-    else:
-        parity = "Not verified at conversion" + (f": {figures['reason']}." if figures else ".")
-    head = (
-        ""
-        if not source.added_head
-        else (
-            "\n**This encoder's embedding head is freshly initialised: fine-tune it before use** "
-            "(see the training recipe of the embeddinggemma package).\n"
-        )
-    )
-    body = f"""
-# {name}
-
-An EmbeddingGemma-architecture text embedding model: bidirectional Gemma 3 encoder ({config.num_hidden_layers}
-layers, hidden {config.hidden_size}) -> mean pooling -> Dense {" -> ".join(map(str, config.dense_out_features))}
--> L2 normalisation, {config.embedding_dim}-d embeddings, Matryoshka dims {config.matryoshka_dims}.
-Converted from {public_name(source.name)} (`--from {source.kind}`) by the embeddinggemma package's
-`convert_checkpoint.py`.
-{head}
-## Usage
-
-{usage}
-
-Prompts: `task: search result | query: ` for queries, `title: {{title | none}} | text: ` for documents; the full
-table is in `config_sentence_transformers.json`. Use float32 or bfloat16: float16 overflows.
-
-## Parity
+`pipeline("sentence-embeddings", model="{name}", trust_remote_code=True)`.
 
 {parity}
-
-## Conversion notes
-
-{chr(10).join(f"- {note}" for note in source.notes) or "- renamed only"}
 """
-    (folder / "README.md").write_text("\n".join(meta) + "\n" + body)
+    if target == "onnx":
+        st_backend = ""
+        if export.base != "embeddinggemma" and config.gemma3_reads_exactly:
+            st_backend = f"""
+sentence-transformers (with `pip install optimum-onnx`) runs the same file:
+`SentenceTransformer("{name}", backend="onnx", model_kwargs={{"file_name": "onnx/{ONNX_FILE}"}})`.
+"""
+        return f"""## ONNX Runtime
+
+Read the `sentence_embedding` output: it is pooled, passed through the Dense head and normalised.
+`last_hidden_state` alone (mean-pooled, as some pipelines do) skips the head and gives other vectors.
+
+```python
+import numpy as np
+import onnxruntime
+from huggingface_hub import snapshot_download
+from transformers import AutoTokenizer
+
+folder = snapshot_download("{name}")
+tokenizer = AutoTokenizer.from_pretrained(folder)
+session = onnxruntime.InferenceSession(f"{{folder}}/onnx/{ONNX_FILE}")  # or onnx/model_quantized.onnx (int8)
+texts = {json.dumps([query, *documents], indent=4)}
+batch = tokenizer(texts, padding=True, return_tensors="np")
+feeds = {{name: batch[name].astype(np.int64) for name in ("input_ids", "attention_mask")}}
+(embeddings,) = session.run(["sentence_embedding"], feeds)
+print(embeddings[1:] @ embeddings[0])  # cosine similarities of the documents to the query
+```
+{st_backend}
+Transformers.js (`dtype: "q8"` loads `onnx/model_quantized.onnx`):
+
+```js
+import {{ AutoModel, AutoTokenizer }} from "@huggingface/transformers";
+
+const tokenizer = await AutoTokenizer.from_pretrained("{name}");
+const model = await AutoModel.from_pretrained("{name}", {{ dtype: "fp32" }});
+const inputs = await tokenizer({json.dumps([query, *documents])}, {{ padding: true }});
+const {{ sentence_embedding }} = await model(inputs);
+```
+
+{parity}
+"""
+    gguf_type = export.options.gguf_types[-1]
+    file = f"{export.options.name}-{gguf_type}.gguf"
+    return f"""## llama.cpp and Ollama (GGUF)
+
+llama.cpp returns the Dense head's output **unnormalised**: L2-normalise each vector before comparing (cosine).
+It adds no prompts: prepend them.
+
+```bash
+llama-embedding -m {file} --pooling mean --embd-normalize 2 \\
+    -p "{query}"
+```
+
+```python
+import numpy as np
+from huggingface_hub import hf_hub_download
+from llama_cpp import Llama
+
+llm = Llama(model_path=hf_hub_download("{name}", "{file}"), embedding=True, verbose=False)
+texts = {json.dumps([query, *documents], indent=4)}
+embeddings = np.array(llm.embed(texts))
+embeddings /= np.linalg.norm(embeddings, axis=1, keepdims=True)  # llama.cpp does not normalise
+print(embeddings[1:] @ embeddings[0])
+```
+
+Ollama: `ollama create NAME -f Modelfile` with `FROM ./{file}` in the Modelfile, then `POST /api/embed`; normalise
+the vectors if your client does not.
+
+{parity}
+"""
 
 
 def push_folder(folder: Path, repo_id: str, private: bool) -> str:
@@ -1237,7 +1406,9 @@ def _umask() -> int:
 
 
 @torch.no_grad()
-def verify_sentence_transformers(folder: Path, source: Source, model: EmbeddingGemmaModel, tokenizer) -> dict:
+def verify_sentence_transformers(
+    folder: Path, source: Source, model: EmbeddingGemmaModel, tokenizer, export=None
+) -> dict:
     """An exported sentence-transformers folder against our model."""
     try:
         from sentence_transformers import SentenceTransformer
@@ -1272,9 +1443,76 @@ SOURCES = tuple(READERS)
 
 @dataclass(frozen=True)
 class Target:
-    write: Callable[[Path, EmbeddingGemmaModel, object], None]  # (folder, model, tokenizer)
-    verify: Callable[[Path, Source, EmbeddingGemmaModel, object], dict]  # (folder, source, model, tokenizer) -> figures
+    write: Callable[..., None]  # (folder, model, tokenizer, export)
+    verify: Callable[..., dict]  # (folder, source, model, tokenizer, export) -> figures
     loads_with: str  # what the final message tells the user to run
+    base: bool = True  # a folder layout of its own; False: a variant added beside one (onnx/, *.gguf)
+
+
+@dataclass
+class Export:
+    """What one conversion's writers and verifiers share: the targets written together and the variants' options."""
+
+    targets: tuple[str, ...]
+    options: ExportOptions
+
+    @property
+    def base(self) -> str | None:
+        return next((name for name in self.targets if TARGETS[name].base), None)
+
+
+def write_onnx_target(folder: Path, model: EmbeddingGemmaModel, tokenizer, export: Export) -> None:
+    """onnx/model.onnx and onnx/model_quantized.onnx; alone, beside the config, tokenizer and sentence-transformers
+    modules they need (the sentence-transformers layout without the encoder's safetensors: its weights are in the
+    graph), as onnx-community repos have them."""
+    if export.base is None:
+        if model.config.gemma3_reads_exactly:
+            export_sentence_transformers(folder, model, tokenizer, export, encoder_weights=False)
+        else:
+            model.config.save_pretrained(folder)
+            tokenizer.save_pretrained(folder)
+    export_onnx(folder, model, tokenizer, export.options)
+
+
+@torch.no_grad()
+def verify_onnx_target(folder: Path, source: Source, model: EmbeddingGemmaModel, tokenizer, export: Export) -> dict:
+    """Both ONNX files in onnxruntime, and sentence-transformers' ONNX backend on the folder when it has the
+    sentence-transformers layout and optimum is installed."""
+    figures = verify_onnx(folder, model, tokenizer, verification_batch(tokenizer, model.config), export.options)
+    if (
+        not (folder / "modules.json").exists()
+        or "sentence_transformers.models.Transformer" not in (folder / "modules.json").read_text()
+    ):
+        return figures
+    try:
+        import optimum.onnxruntime  # noqa: F401
+        from sentence_transformers import SentenceTransformer
+    except ImportError:
+        figures["sentence-transformers backend=onnx"] = (
+            "not checked: needs sentence-transformers and optimum (pip install 'embeddinggemma[st-onnx]')"
+        )
+        return figures
+    st = SentenceTransformer(str(folder), backend="onnx", device="cpu", model_kwargs={"file_name": f"onnx/{ONNX_FILE}"})
+    texts = verification_texts(tokenizer, model.config)
+    actual = torch.as_tensor(st.encode(texts, batch_size=len(texts), convert_to_numpy=True))
+    expected = reference_embeddings(model, tokenizer, texts)
+    cosine = torch.nn.functional.cosine_similarity(actual, expected, dim=-1)
+    figures["sentence-transformers backend=onnx"] = {"texts": len(texts), "min_cosine": round(float(cosine.min()), 8)}
+    if not float(cosine.min()) >= MIN_COSINE[torch.float32]:
+        raise ConversionError(
+            f"Verification failed: sentence-transformers' ONNX backend reads the export differently "
+            f"({figures['sentence-transformers backend=onnx']})."
+        )
+    return figures
+
+
+def write_gguf_target(folder: Path, model: EmbeddingGemmaModel, tokenizer, export: Export) -> None:
+    export_gguf(folder, model, tokenizer, export.options)
+
+
+def verify_gguf_target(folder: Path, source: Source, model: EmbeddingGemmaModel, tokenizer, export: Export) -> dict:
+    texts = verification_texts(tokenizer, model.config) + list(export.options.quality_texts)
+    return verify_gguf(folder, model, tokenizer, texts, export.options)
 
 
 TARGETS = {
@@ -1284,7 +1522,51 @@ TARGETS = {
     "sentence-transformers": Target(
         export_sentence_transformers, verify_sentence_transformers, "SentenceTransformer({path!r})"
     ),
+    "onnx": Target(
+        write_onnx_target,
+        verify_onnx_target,
+        "onnxruntime.InferenceSession({path!r} + '/onnx/model.onnx') (output 'sentence_embedding')",
+        base=False,
+    ),
+    "gguf": Target(
+        write_gguf_target,
+        verify_gguf_target,
+        "llama.cpp: llama-embedding -m {path}/NAME-TYPE.gguf (normalise the output)",
+        base=False,
+    ),
 }
+
+
+def parse_targets(to: str | list[str] | tuple[str, ...]) -> tuple[str, ...]:
+    """`--to` as given (one name, "a,b" or a list) -> the targets, checked: known names, each once, at most one
+    folder layout (embeddinggemma or sentence-transformers); the variants (onnx, gguf) go beside it or alone."""
+    names = [to] if isinstance(to, str) else list(to)
+    names = [part.strip() for name in names for part in name.split(",") if part.strip()]
+    unknown = [name for name in names if name not in TARGETS]
+    if unknown or not names:
+        raise ConversionError(
+            f"--to {','.join(unknown) or repr(to)} is not supported; expected one or more of {tuple(TARGETS)}, "
+            "comma-separated (e.g. --to sentence-transformers,onnx,gguf)."
+        )
+    if len(set(names)) != len(names):
+        raise ConversionError(f"--to {','.join(names)} names a target twice.")
+    bases = [name for name in names if TARGETS[name].base]
+    if len(bases) > 1:
+        raise ConversionError(
+            f"--to {','.join(names)} asks for two folder layouts ({' and '.join(bases)}); a folder has one. Convert "
+            "twice, into two folders."
+        )
+    return tuple(sorted(names, key=list(TARGETS).index))  # the layout first, then the variants beside it
+
+
+def required_space(targets: tuple[str, ...], weight_bytes: int, gguf_types: list[str]) -> int:
+    """Bytes the written folder needs, with some room: the layouts' safetensors, ONNX float32 + int8, each GGUF."""
+    share = {"embeddinggemma": 1.1, "sentence-transformers": 2.1, "onnx": 1.4}
+    gguf_share = {"f32": 1.0, "f16": 0.5, "bf16": 0.5, "q8_0": 0.27}
+    total = sum(share.get(name, 0.0) for name in targets)
+    if "gguf" in targets:
+        total += sum(gguf_share.get(t, 1.0) for t in gguf_types)
+    return int(weight_bytes * total) + 2**24
 
 
 def convert(
@@ -1292,33 +1574,60 @@ def convert(
     output_dir: str | os.PathLike,
     source_kind: str = "sentence-transformers",
     *,
-    to: str = "embeddinggemma",
+    to: str | list[str] = "embeddinggemma",
     dtype: str = "float32",
     overwrite: bool = False,
     matryoshka_dims: list[int] | None = None,
     gguf_file: str | None = None,
     head_init: str | None = None,
     embedding_dim: int | None = None,
+    gguf_types: list[str] | str | None = None,
+    verify_texts: list[str] | None = None,
     verify_output: bool = True,
     push_to_hub: str | None = None,
     private: bool = False,
     base_model: str | None = None,
     log: Callable[[str], None] = lambda message: None,
 ) -> Path:
-    """Converts `source` (folder, Hub id or .gguf file) of kind `source_kind` into `output_dir` in the `to` format,
-    verifies it, optionally uploads it, and returns the output path. Raises ConversionError on bad input, with
-    nothing written."""
+    """Converts `source` (folder, Hub id or .gguf file) of kind `source_kind` into `output_dir` in the `to` format(s)
+    (one folder layout and/or the onnx and gguf variants, written together), verifies each, optionally uploads the
+    folder, and returns the output path. Raises ConversionError on bad input, with nothing written."""
     if source_kind not in READERS:
         raise ConversionError(f"--from {source_kind!r} is not supported; expected one of {SOURCES}.")
-    if to not in TARGETS:
-        raise ConversionError(f"--to {to!r} is not supported; expected one of {tuple(TARGETS)}.")
+    targets = parse_targets(to)
     if dtype not in DTYPES:
         raise ConversionError(
             f"--dtype {dtype!r} is not supported; expected one of {tuple(DTYPES)} (float16 "
             "overflows in EmbeddingGemma)."
         )
+    gguf_types = [t.strip() for t in gguf_types.split(",")] if isinstance(gguf_types, str) else gguf_types
+    if gguf_types and "gguf" not in targets:
+        raise ConversionError("--gguf-type applies to --to gguf; add gguf to --to.")
+    if gguf_types and set(gguf_types) - set(GGUF_TYPES):
+        raise ConversionError(f"--gguf-type {','.join(gguf_types)} is not supported; expected some of {GGUF_TYPES}.")
     output_dir = Path(output_dir).expanduser().resolve()
     check_output_dir(output_dir, overwrite)  # fail before downloading or reading anything
+    options = ExportOptions(name=(push_to_hub or output_dir.name).split("/")[-1], gguf_types=gguf_types or ["f32"])
+    if verify_texts is not None:
+        if not verify_texts:
+            raise ConversionError("--verify-texts gave no texts; give a file with one text per line.")
+        options.quality_texts = list(verify_texts)
+    export = Export(targets, options)
+    try:
+        if "onnx" in targets:
+            check_onnx_tools()
+            if dtype != "float32":
+                raise ExportError(
+                    "--to onnx writes a float32 graph and its int8 variant; --dtype bfloat16 is not offered for ONNX "
+                    "(onnxruntime's CPU kernels have little bfloat16). Drop --dtype."
+                )
+        if "gguf" in targets and dtype != "float32":
+            raise ExportError(
+                "--to gguf takes its types from --gguf-type (f32, f16, bf16, q8_0), converted from float32 weights; "
+                "drop --dtype."
+            )
+    except ExportError as error:
+        raise ConversionError(str(error)) from error
 
     path = resolve_source(source)
     trained_head = sentence_transformers_dense_modules(path)
@@ -1337,26 +1646,47 @@ def convert(
         src.fields["matryoshka_dims"] = list(matryoshka_dims)
     model = build_model(src.fields, src.state_dict, DTYPES[dtype])
     weight_bytes = sum(t.numel() * t.element_size() for t in model.state_dict().values())
-    check_free_space(output_dir, int(weight_bytes * (2.1 if to == "sentence-transformers" else 1.1)) + 2**24)
+    check_free_space(output_dir, required_space(targets, weight_bytes, options.gguf_types))
     tokenizer = prepare_tokenizer(src.load_tokenizer(), model.config.max_position_embeddings)
+    try:
+        if "gguf" in targets:  # before anything is written: what llama.cpp cannot run as this model is refused
+            check_gguf_exportable(model, options.gguf_types)
+            gguf_vocab(tokenizer, model.config.vocab_size)
+        if "onnx" in targets:
+            require_float32(model, "ONNX")
+    except ExportError as error:
+        raise ConversionError(str(error)) from error
     log(
         f"read {source} (--from {source_kind}): {model.config.num_hidden_layers} layers, hidden "
         f"{model.config.hidden_size}, embedding dim {model.config.embedding_dim}"
     )
-    figures = None
+    figures: dict[str, dict] = {}
 
     def write(tmp_dir: Path) -> None:
-        nonlocal figures
-        TARGETS[to].write(tmp_dir, model, tokenizer)
-        if verify_output:
-            figures = TARGETS[to].verify(tmp_dir, src, model, tokenizer)
-            log(f"verification: {figures}")
-        write_model_card(tmp_dir, model.config, src, to, push_to_hub or output_dir.name, figures, base_model)
+        try:
+            for name in targets:
+                log(f"writing {name}")
+                TARGETS[name].write(tmp_dir, model, tokenizer, export)
+                if verify_output:
+                    figures[name] = TARGETS[name].verify(tmp_dir, src, model, tokenizer, export)
+                    log(f"verification of {name}: {figures[name]}")
+        except ExportError as error:
+            raise ConversionError(str(error)) from error
+        write_model_card(tmp_dir, model.config, src, export, push_to_hub or output_dir.name, figures, base_model)
 
     write_atomically(output_dir, overwrite, write)
     if push_to_hub:
         log(f"uploaded: {push_folder(output_dir, push_to_hub, private)}")
     return output_dir
+
+
+def read_verify_texts(path: str) -> list[str]:
+    """--verify-texts FILE: one text per line (UTF-8), blank lines skipped."""
+    try:
+        lines = Path(path).expanduser().read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as error:
+        raise ConversionError(f"--verify-texts {path}: cannot read it ({error}); give a UTF-8 text file.") from error
+    return [line for line in lines if line.strip()]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -1365,7 +1695,22 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("source", help="source folder, Hub repo id, or (gemma3) .gguf file")
     parser.add_argument("output_dir", help="folder to write (must be empty or absent unless --overwrite)")
     parser.add_argument(
-        "--to", default="embeddinggemma", choices=tuple(TARGETS), help="output layout (default embeddinggemma)"
+        "--to",
+        default="embeddinggemma",
+        metavar="TARGET[,TARGET]",
+        help=f"what to write, comma-separated, into one folder: one layout (embeddinggemma or sentence-transformers) "
+        f"and/or the variants onnx (onnx/model.onnx + onnx/model_quantized.onnx) and gguf; one of {tuple(TARGETS)} "
+        "each (default embeddinggemma)",
+    )
+    parser.add_argument(
+        "--gguf-type",
+        metavar="TYPE[,TYPE]",
+        help=f"with --to gguf: the GGUF files to write, some of {GGUF_TYPES} (default f32)",
+    )
+    parser.add_argument(
+        "--verify-texts",
+        metavar="FILE",
+        help="texts (one a line) on which the int8 ONNX and q8_0 GGUF variants are checked (default: built-in)",
     )
     parser.add_argument("--dtype", default="float32", choices=tuple(DTYPES), help="weight dtype (default float32)")
     parser.add_argument("--overwrite", action="store_true", help="replace a non-empty OUTPUT_DIR")
@@ -1395,6 +1740,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     base_model = args.base_model or (args.source if not Path(args.source).expanduser().exists() else None)
     try:
+        verify_texts = read_verify_texts(args.verify_texts) if args.verify_texts else None
         output = convert(
             args.source,
             args.output_dir,
@@ -1406,6 +1752,8 @@ def main(argv: list[str] | None = None) -> int:
             gguf_file=args.gguf_file,
             head_init=args.head_init,
             embedding_dim=args.embedding_dim,
+            gguf_types=args.gguf_type,
+            verify_texts=verify_texts,
             verify_output=args.verify,
             push_to_hub=args.push_to_hub,
             private=args.private,
@@ -1415,7 +1763,8 @@ def main(argv: list[str] | None = None) -> int:
     except ConversionError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
-    print(f"Wrote {output}. Load it with {TARGETS[args.to].loads_with.format(path=str(output))}.")
+    uses = [TARGETS[name].loads_with.format(path=str(output)) for name in parse_targets(args.to)]
+    print(f"Wrote {output}. Load it with " + "; or ".join(uses) + ".")
     return 0
 
 

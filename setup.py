@@ -19,6 +19,7 @@ setup(
         "quantization_embeddinggemma",
         "pipeline_embeddinggemma",
         "convert_checkpoint",
+        "export_embeddinggemma",
         "embed_corpus",
         "train_embeddinggemma",
         "testing_embeddinggemma",
@@ -40,6 +41,12 @@ setup(
         "train": ["sentence-transformers>=5.5", "datasets>=2.19", "accelerate>=1.1"],
         "bench": ["sentence-transformers>=5.5", "onnx>=1.16", "onnxruntime>=1.18", "scipy"],
         "onnx": ["onnx>=1.16", "onnxscript>=0.2", "onnxruntime>=1.18"],
+        # sentence-transformers' ONNX backend (SentenceTransformer(folder, backend="onnx")); optimum-onnx 0.1 needs
+        # transformers < 4.58
+        "st-onnx": ["sentence-transformers>=5.5", "optimum-onnx[onnxruntime]>=0.1"],
+        # llama.cpp's Python bindings, built from source; on machines that list AMX without allowing it, use
+        # scripts/install_llama_cpp.sh instead (docs/conversion.md)
+        "llama": ["llama-cpp-python>=0.3.16"],
         "test": [
             "pytest>=8",
             "sentence-transformers>=5.5",

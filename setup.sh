@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # Sets up a virtual environment with everything the demo and the tests need. Idempotent: a second run only checks.
 #
-#   bash setup.sh           .venv: the latest transformers and sentence-transformers
-#   bash setup.sh --oldest  .venv-oldest: the oldest versions we claim to support (see docs/compatibility.md)
+#   bash setup.sh           .venv: the latest transformers and sentence-transformers, and llama.cpp's Python bindings
+#                           (built once for this CPU by scripts/install_llama_cpp.sh, ~8 minutes, then cached)
+#   bash setup.sh --oldest  .venv-oldest: the oldest versions we claim to support (see docs/compatibility.md), with
+#                           optimum-onnx for sentence-transformers' ONNX backend (optimum-onnx needs transformers < 4.58)
 #
 # torch is pinned to the CPU build here (an unpinned torch pulls a multi-GB CUDA build); install_requires keeps a range.
 set -euo pipefail
@@ -11,10 +13,13 @@ PYTHON=${PYTHON:-python3}
 TORCH="torch==2.13.0"
 if [ "${1:-}" = "--oldest" ]; then
   venv=.venv-oldest
-  pins=("transformers==4.57.1" "sentence-transformers==5.5.0")
+  pins=("transformers==4.57.1" "sentence-transformers==5.5.0" "optimum-onnx[onnxruntime]==0.1.0")
 else
   venv=.venv
   pins=()
 fi
 [ -x "$venv/bin/python" ] || "$PYTHON" -m venv "$venv"
 "$venv/bin/python" -m pip install -q --disable-pip-version-check "$TORCH" -e ".[test]" "${pins[@]}"
+if [ "$venv" = .venv ] && [ "${EMBEDDINGGEMMA_SKIP_LLAMA_CPP:-0}" != 1 ]; then
+  bash scripts/install_llama_cpp.sh "$venv"
+fi

@@ -150,49 +150,36 @@ def load_ours(ctx, quantize=None, skip=None, fast=True, batch_size=None, max_bat
     )
 
 
-def load_onnx(ctx):
-    """ONNX Runtime fp32 on an export of our reference path (traced on a padded batch longer than the window, so
-    the graph keeps the masks), batches of 32 sorted by token length, as a careful ONNX user would run it."""
+def exports(ctx) -> Path:
+    """The converter's own exports of the measured model (what users download): onnx/ (float32 and int8) and GGUF
+    f16 / q8_0, made once per run (--to onnx,gguf, verification left to the tests: the table's cosines show it)."""
+    from convert_checkpoint import convert
+    from export_embeddinggemma import llama_cpp_available
+
+    folder = Path(ctx["work"]) / "exports"
+    if not folder.exists():
+        targets = ["onnx"] + (["gguf"] if llama_cpp_available() else [])
+        gguf_types = ["f16", "q8_0"] if "gguf" in targets else None
+        convert(ctx["ours"], folder, "embeddinggemma", to=targets, gguf_types=gguf_types, verify_output=False)
+    return folder
+
+
+def load_onnx(ctx, file="model.onnx"):
+    """ONNX Runtime on `convert_checkpoint.py --to onnx`'s file, batches of 32 sorted by token length, as a careful
+    ONNX user would run it."""
     import onnxruntime
-    from transformers import AutoModel
+    from transformers import AutoTokenizer
 
-    path = Path(ctx["work"]) / "model.onnx"
-    model = AutoModel.from_pretrained(ctx["ours"], trust_remote_code=True).eval()
-    tokenizer = model.tokenizer
-    if not path.exists():
-        model.config.use_fast_path = False
-
-        class Wrapper(torch.nn.Module):
-            def __init__(self, inner):
-                super().__init__()
-                self.inner = inner
-
-            def forward(self, input_ids, attention_mask):
-                return self.inner(input_ids=input_ids, attention_mask=attention_mask).sentence_embedding
-
-        length = max(model.config.attention_window) + 44  # longer than the window: the sliding mask is traced
-        input_ids = torch.full((2, length), 5, dtype=torch.long)
-        attention_mask = torch.ones(2, length, dtype=torch.long)
-        attention_mask[1, length // 2 :] = 0  # padding: the padding mask is traced
-        torch.onnx.export(
-            Wrapper(model),
-            (input_ids, attention_mask),
-            str(path),
-            dynamo=False,
-            opset_version=17,
-            input_names=["input_ids", "attention_mask"],
-            output_names=["sentence_embedding"],
-            dynamic_axes={"input_ids": {0: "batch", 1: "length"}, "attention_mask": {0: "batch", 1: "length"}},
-        )
+    path = exports(ctx) / "onnx" / file
+    tokenizer = AutoTokenizer.from_pretrained(ctx["ours"])
     options = onnxruntime.SessionOptions()
     options.intra_op_num_threads = torch.get_num_threads()
     session = onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-    del model
 
     def run(texts, batch_size=32):
         ids = tokenizer(texts, truncation=True, max_length=ctx["max_length"])["input_ids"]
         order = sorted(range(len(texts)), key=lambda i: -len(ids[i]))
-        output = np.empty((len(texts), session.get_outputs()[0].shape[-1] or 768), dtype=np.float32)
+        output = None
         for start in range(0, len(order), batch_size):
             rows = order[start : start + batch_size]
             length = max(len(ids[i]) for i in rows)
@@ -200,11 +187,35 @@ def load_onnx(ctx):
             attention_mask = np.zeros((len(rows), length), dtype=np.int64)
             for r, i in enumerate(rows):
                 input_ids[r, : len(ids[i])], attention_mask[r, : len(ids[i])] = ids[i], 1
-            result = session.run(None, {"input_ids": input_ids, "attention_mask": attention_mask})[0]
-            if output.shape[1] != result.shape[1]:
+            (result,) = session.run(["sentence_embedding"], {"input_ids": input_ids, "attention_mask": attention_mask})
+            if output is None:
                 output = np.empty((len(texts), result.shape[1]), dtype=np.float32)
             output[rows] = result
         return output
+
+    return run
+
+
+def load_llama_cpp(ctx, gguf_type):
+    """llama.cpp (its Python bindings) on the converter's GGUF file: flash attention, texts packed into 2,048-token
+    batches, the output L2-normalised (llama.cpp returns the head's raw output)."""
+    import llama_cpp
+
+    name = "exports"
+    llm = llama_cpp.Llama(
+        model_path=str(exports(ctx) / f"{name}-{gguf_type}.gguf"),
+        embedding=True,
+        n_ctx=2048,
+        n_batch=2048,
+        n_ubatch=2048,
+        n_threads=torch.get_num_threads(),
+        flash_attn=True,
+        verbose=False,
+    )
+
+    def run(texts):
+        vectors = np.asarray(llm.embed(texts, normalize=False, truncate=True), dtype=np.float32)
+        return vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
 
     return run
 
@@ -213,6 +224,9 @@ SYSTEMS = {
     "sentence-transformers": load_sentence_transformers,
     "transformers-native": load_native,
     "onnxruntime fp32": load_onnx,
+    "onnxruntime int8 (model_quantized.onnx)": lambda ctx: load_onnx(ctx, "model_quantized.onnx"),
+    "llama.cpp f16 (flash attention, 2,048-token batches)": lambda ctx: load_llama_cpp(ctx, "f16"),
+    "llama.cpp q8_0 (flash attention, 2,048-token batches)": lambda ctx: load_llama_cpp(ctx, "q8_0"),
     "ours: token sort only (reference path; 32/batch)": lambda ctx: load_ours(ctx, fast=False, batch_size=32),
     "ours: + fast path (32/batch)": lambda ctx: load_ours(ctx, batch_size=32),
     "ours (encode defaults: + token budget)": load_ours,
@@ -233,9 +247,11 @@ def prepare(args) -> dict:
         from testing_embeddinggemma import build_tiny_sentence_transformer
 
         source = str(work / "st")
-        build_tiny_sentence_transformer(source)
+        build_tiny_sentence_transformer(
+            source, dense_out_features=[128, 64]
+        )  # ends at the hidden size, as llama.cpp needs
     smoke = not args.reference or args.smoke
-    ours = convert(source, work / "ours", matryoshka_dims=[48] if smoke else None, verify_output=False)
+    ours = convert(source, work / "ours", matryoshka_dims=[64] if smoke else None, verify_output=False)
     max_length = json.loads((Path(ours) / "config.json").read_text())["max_position_embeddings"]
     return {"source": str(source), "ours": str(ours), "work": str(work), "smoke": smoke, "max_length": max_length}
 
@@ -294,12 +310,16 @@ def main() -> int:
     ctx = prepare(args)
     if BASELINE not in names:
         names.insert(0, BASELINE)
-    try:
-        import onnxruntime  # noqa: F401
-    except ImportError:
-        if "onnxruntime fp32" in names:
-            names.remove("onnxruntime fp32")
-            print("onnxruntime is not installed: `pip install onnxruntime onnx` to include it")
+    from export_embeddinggemma import _importable, llama_cpp_available
+
+    if not all(_importable(m) for m in ("onnx", "onnxscript", "onnxruntime")):
+        names = [n for n in names if not n.startswith("onnxruntime")]
+        print(
+            "onnx/onnxscript/onnxruntime are not installed: pip install 'embeddinggemma[onnx]' to include ONNX Runtime"
+        )
+    if not llama_cpp_available():
+        names = [n for n in names if not n.startswith("llama.cpp")]
+        print("llama.cpp's Python bindings are not installed: bash scripts/install_llama_cpp.sh .venv to include them")
     workloads = [w.strip() for w in args.workloads.split(",") if w.strip()]
     encoders = {name: SYSTEMS[name](ctx) for name in names} if workloads else {}
 
@@ -393,14 +413,40 @@ def main() -> int:
     return 0
 
 
+CPU_FLAGS = (
+    "avx2",
+    "fma",
+    "f16c",
+    "avx512f",
+    "avx512bw",
+    "avx512_vnni",
+    "avx_vnni",
+    "avx512_bf16",
+    "amx_bf16",
+    "amx_int8",
+)
+
+
 def platform_line() -> str:
+    """The CPU, the instruction-set flags that decide which kernels run (AVX2, AVX-512, VNNI, bf16, AMX), and the
+    library versions: every figure is printed with it."""
+    import platform
+
     try:
         model = next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name"))
     except (OSError, StopIteration):
-        model = "unknown CPU"
-    flags = open("/proc/cpuinfo").read() if os.path.exists("/proc/cpuinfo") else ""
-    isa = ", ".join(f for f in ("avx2", "fma", "avx512f", "avx512_bf16", "amx_bf16") if f" {f}" in flags)
-    return f"{model} ({isa})"
+        model = platform.processor() or "unknown CPU"
+    flags = set()
+    if os.path.exists("/proc/cpuinfo"):
+        flags = set(next((line for line in open("/proc/cpuinfo") if line.startswith("flags")), "").split())
+    isa = " ".join(f for f in CPU_FLAGS if f in flags) or "flags unknown"
+    versions = []
+    for name in ("transformers", "sentence_transformers", "onnxruntime", "llama_cpp"):
+        try:
+            versions.append(f"{name} {__import__(name).__version__}")
+        except Exception:
+            pass
+    return f"{model} [{isa}]; {', '.join(versions)}"
 
 
 if __name__ == "__main__":

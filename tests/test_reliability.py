@@ -258,8 +258,8 @@ import sys, time
 sys.path.insert(0, {repo!r})
 import convert_checkpoint as cc
 write = cc.TARGETS["embeddinggemma"].write
-def slow_write(folder, model, tokenizer):
-    write(folder, model, tokenizer)
+def slow_write(folder, model, tokenizer, export):
+    write(folder, model, tokenizer, export)
     print("written", flush=True)
     time.sleep(600)
 cc.TARGETS["embeddinggemma"] = cc.Target(slow_write, cc.TARGETS["embeddinggemma"].verify, "")
