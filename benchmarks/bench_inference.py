@@ -198,16 +198,17 @@ def load_onnx(ctx, file="model.onnx"):
 
 def load_llama_cpp(ctx, gguf_type):
     """llama.cpp (its Python bindings) on the converter's GGUF file: flash attention, texts packed into 2,048-token
-    batches, the output L2-normalised (llama.cpp returns the head's raw output)."""
+    batches (or the model's maximum length, if shorter), the output L2-normalised (llama.cpp returns the head's raw
+    output)."""
     import llama_cpp
 
-    name = "exports"
+    tokens = min(2048, ctx["max_length"])  # as many as the model takes, so that long texts are cut where ours are
     llm = llama_cpp.Llama(
-        model_path=str(exports(ctx) / f"{name}-{gguf_type}.gguf"),
+        model_path=str(exports(ctx) / f"exports-{gguf_type}.gguf"),
         embedding=True,
-        n_ctx=2048,
-        n_batch=2048,
-        n_ubatch=2048,
+        n_ctx=tokens,
+        n_batch=tokens,
+        n_ubatch=tokens,
         n_threads=torch.get_num_threads(),
         flash_attn=True,
         verbose=False,
@@ -225,8 +226,8 @@ SYSTEMS = {
     "transformers-native": load_native,
     "onnxruntime fp32": load_onnx,
     "onnxruntime int8 (model_quantized.onnx)": lambda ctx: load_onnx(ctx, "model_quantized.onnx"),
-    "llama.cpp f16 (flash attention, 2,048-token batches)": lambda ctx: load_llama_cpp(ctx, "f16"),
-    "llama.cpp q8_0 (flash attention, 2,048-token batches)": lambda ctx: load_llama_cpp(ctx, "q8_0"),
+    "llama.cpp f16 (flash attention; 2048-token batches)": lambda ctx: load_llama_cpp(ctx, "f16"),
+    "llama.cpp q8_0 (flash attention; 2048-token batches)": lambda ctx: load_llama_cpp(ctx, "q8_0"),
     "ours: token sort only (reference path; 32/batch)": lambda ctx: load_ours(ctx, fast=False, batch_size=32),
     "ours: + fast path (32/batch)": lambda ctx: load_ours(ctx, batch_size=32),
     "ours (encode defaults: + token budget)": load_ours,
