@@ -1062,7 +1062,7 @@ def write_model_card(
     targets = export.targets
     library = "sentence-transformers" if "sentence-transformers" in targets else "transformers"
     if export.base is None:
-        library = "onnx" if "onnx" in targets else "gguf"
+        library = "transformers.js" if "onnx" in targets else "gguf"  # as onnx-community / GGUF repos declare
     tags = ["embeddinggemma", "sentence-similarity", "feature-extraction", "text-embeddings", "matryoshka"]
     if "sentence-transformers" in targets:
         tags += ["sentence-transformers", "text-embeddings-inference"]

@@ -73,10 +73,10 @@ class EmbeddingGemmaEncodeMixin:
         """Embeds `texts` with the prompt `prompt` or the one named `prompt_name` (see `config.prompts`).
 
         A string gives one vector `[dim]`, a list a matrix `[len(texts), dim]` in input order (numpy float32 by
-        default, else a tensor in the model's dtype). Texts are sorted by token length and batched by a token
-        budget: a batch holds at most `max_batch_tokens` tokens (default `DEFAULT_MAX_BATCH_TOKENS`, 4,096, counted
-        as rows x longest) and, when `batch_size` is given, at most `batch_size` texts; a text longer than the budget
-        goes alone. Texts longer than the model's maximum length are truncated, with a warning. `truncate_dim` is
+        default, else a float32 tensor, whatever the model's dtype). Texts are sorted by token length and batched by
+        a token budget: a batch holds at most `max_batch_tokens` tokens (default `DEFAULT_MAX_BATCH_TOKENS`, 4,096,
+        counted as rows x longest) and, when `batch_size` is given, at most `batch_size` texts; a text longer than the
+        budget goes alone. Texts longer than the model's maximum length are truncated, with a warning. `truncate_dim` is
         one of `config.matryoshka_dims`. The progress bar (texts done) shows by default when the work is long enough
         to wait for (`PROGRESS_BAR_MIN_TOKENS`); `show_progress_bar=True`/`False` forces it.
         """
@@ -140,7 +140,7 @@ class EmbeddingGemmaEncodeMixin:
         if device is not None:
             self.to(device)
         if not texts:
-            empty = torch.empty(0, dim, dtype=self.dtype)
+            empty = torch.empty(0, dim, dtype=torch.float32)
             return empty.float().numpy() if convert_to_numpy else empty
 
         input_ids = self._tokenize([p + t for p, t in zip(prompts, texts)])
@@ -156,7 +156,7 @@ class EmbeddingGemmaEncodeMixin:
 
         was_training = self.training
         self.eval()
-        output = torch.empty(len(texts), dim, dtype=self.dtype, device=self.device)
+        output = torch.empty(len(texts), dim, dtype=torch.float32, device=self.device)  # normalised in float32
         start = 0
         with tqdm(total=len(texts), desc="Encoding", unit="text", disable=not show_progress_bar) as progress:
             for size in sizes:

@@ -23,6 +23,7 @@ The masks are built here, from positions, rather than through the installed tran
 bidirectional window has changed across releases (huggingface/transformers#40700, #47940).
 """
 
+import functools
 from dataclasses import dataclass
 
 import torch
@@ -401,15 +402,39 @@ def pool(hidden_states: torch.Tensor, padding_mask: torch.Tensor, mode: str = "m
 
 
 def truncate_and_normalize(embeddings: torch.Tensor, dim: int | None, normalize: bool = True) -> torch.Tensor:
-    """Matryoshka: keep the first `dim` dims, then L2-normalise again."""
+    """Matryoshka: keep the first `dim` dims, then L2-normalise again, in float32: the embedding comes back float32
+    whatever the model's dtype (normalised in bfloat16, norms ran 0.9988-1.0033 and a text's similarity with itself
+    reached 1.0066)."""
     if dim is not None:
         embeddings = embeddings[..., :dim]
+    embeddings = embeddings.float()
     return F.normalize(embeddings, p=2, dim=-1) if normalize else embeddings
+
+
+def cpu_has_native_bf16() -> bool:
+    """Whether this CPU multiplies bfloat16 natively (x86 AVX512_BF16 or AMX-BF16; Arm BF16). Without it, bfloat16
+    products are emulated and run several times slower than float32."""
+    for check in ("_is_avx512_bf16_supported", "_is_amx_tile_supported", "_is_arm_sve_bf16_supported"):
+        probe = getattr(torch.cpu, check, None)
+        try:
+            if probe is not None and probe():
+                return True
+        except Exception:
+            continue
+    try:
+        with open("/proc/cpuinfo") as handle:
+            flags = {word for line in handle if line.startswith(("flags", "Features")) for word in line.split()}
+    except OSError:
+        return False
+    return bool(flags & {"avx512_bf16", "amx_bf16", "bf16"})
 
 
 # ----------------------------------------------------------------------------------------------------------------
 # Models
 # ----------------------------------------------------------------------------------------------------------------
+
+
+_NATIVE_BF16 = functools.lru_cache(maxsize=1)(cpu_has_native_bf16)
 
 
 class EmbeddingGemmaPreTrainedModel(PreTrainedModel):
@@ -425,6 +450,14 @@ class EmbeddingGemmaPreTrainedModel(PreTrainedModel):
     _supports_attention_backend = False
     _can_compile_fullgraph = True  # the reference path has no data-dependent branches under torch.compile
     unneeded_weights: tuple[str, ...] = ()  # prefixes of checkpoint weights that `from_pretrained` may leave unused
+
+    def _apply(self, fn, *args, **kwargs):
+        """`.to(dtype)`, `.bfloat16()`, `.float()`: the config says the dtype the weights now have (saved with them)."""
+        module = super()._apply(fn, *args, **kwargs)
+        dtype = next((p.dtype for p in self.parameters() if p.is_floating_point()), None)
+        if dtype is not None and getattr(self.config, "dtype", None) != dtype:
+            self.config.dtype = dtype
+        return module
 
     def _init_weights(self, module):
         super()._init_weights(module)  # Linear/Embedding: normal(0, initializer_range)
@@ -560,6 +593,11 @@ class EmbeddingGemmaTextModel(EmbeddingGemmaPreTrainedModel):
         padding_mask = _padding_mask(attention_mask, batch, length, device)
         if torch.float16 in (self.embed_tokens.weight.dtype, getattr(inputs_embeds, "dtype", None)):
             raise ValueError(FLOAT16_ERROR)
+        if self.embed_tokens.weight.dtype == torch.bfloat16 and device.type == "cpu" and not _NATIVE_BF16():
+            logger.warning_once(
+                "bfloat16 on a CPU without native bfloat16 products (no AVX512_BF16 or AMX): they are emulated and "
+                "run several times slower than float32. Load with dtype=torch.float32 (the default) on this CPU."
+            )
         if not is_traced() and length > self.config.max_position_embeddings:
             logger.warning_once(
                 f"Inputs of {length} tokens are longer than the model's {self.config.max_position_embeddings} "

@@ -129,7 +129,7 @@ def test_onnx_alone_has_no_encoder_safetensors_and_refuses_bfloat16(tiny_hidden_
     assert "model.safetensors" not in names and "modules.json" in names and "2_Dense/model.safetensors" in names
     assert json.loads((out / "config.json").read_text())["model_type"] == "gemma3_text"
     card = (out / "README.md").read_text()
-    assert "library_name: onnx" in card and "- transformers.js" in card and "sentence_embedding" in card
+    assert "library_name: transformers.js" in card and "- transformers.js" in card and "sentence_embedding" in card
     with pytest.raises(ConversionError, match="bfloat16 is not offered for ONNX"):
         convert(str(tiny_hidden_head_dir), tmp_path / "bf16", to="onnx", dtype="bfloat16")
     with pytest.raises(ConversionError, match="float16"):
@@ -296,6 +296,34 @@ def test_model_card_lists_every_file_and_its_python_blocks_run(tiny_all, monkeyp
         exec(compile(block, "README.md", "exec"), {})
         ran += 1
     assert ran == len(blocks) - (not ex.llama_cpp_available())
+
+
+@needs_onnx
+def test_push_to_hub_uploads_every_variant_in_one_commit(tiny_hidden_head_dir, tmp_path, monkeypatch, capsys):
+    from huggingface_hub import HfApi
+
+    import convert_checkpoint
+
+    calls = []
+    monkeypatch.setattr(HfApi, "create_repo", lambda self, repo_id, **kwargs: calls.append(("create_repo", repo_id)))
+
+    def create_commit(self, repo_id, operations, commit_message=None, **kwargs):
+        calls.append(("create_commit", repo_id, sorted(op.path_in_repo for op in operations)))
+        return type("Commit", (), {"commit_url": f"https://huggingface.co/{repo_id}/commit/0"})()
+
+    monkeypatch.setattr(HfApi, "create_commit", create_commit)
+    argv = ["--from", "sentence-transformers", str(tiny_hidden_head_dir), str(tmp_path / "out")]
+    argv += ["--to", "sentence-transformers,onnx,gguf", "--gguf-type", "f16,q8_0", "--push-to-hub", "me/eg-all"]
+    assert convert_checkpoint.main(argv) == 0
+    assert [c[0] for c in calls] == ["create_repo", "create_commit"]  # one commit: every variant together
+    uploaded = set(calls[1][2])
+    assert {"README.md", "model.safetensors", "2_Dense/model.safetensors", "onnx/model.onnx"} <= uploaded
+    assert {"onnx/model_quantized.onnx", "eg-all-f16.gguf", "eg-all-q8_0.gguf", "tokenizer.json"} <= uploaded
+    card = (tmp_path / "out" / "README.md").read_text()
+    assert 'SentenceTransformer("me/eg-all")' in card and 'hf_hub_download("me/eg-all", "eg-all-q8_0.gguf")' in card
+    assert 'snapshot_download("me/eg-all")' in card and 'AutoModel.from_pretrained("me/eg-all"' in card
+    out = capsys.readouterr().out
+    assert "SentenceTransformer(" in out and "onnxruntime.InferenceSession(" in out and "llama.cpp" in out
 
 
 # ----------------------------------------------------------------------------------------------------------------
