@@ -21,5 +21,6 @@ fi
 [ -x "$venv/bin/python" ] || "$PYTHON" -m venv "$venv"
 "$venv/bin/python" -m pip install -q --disable-pip-version-check "$TORCH" -e ".[test]" "${pins[@]}"
 if [ "$venv" = .venv ] && [ "${EMBEDDINGGEMMA_SKIP_LLAMA_CPP:-0}" != 1 ]; then
-  bash scripts/install_llama_cpp.sh "$venv"
+  # Not fatal: without a compiler or cmake the GGUF runtime tests skip, saying how to get the bindings.
+  bash scripts/install_llama_cpp.sh "$venv" || echo "warning: llama.cpp's Python bindings could not be built; the tests that run GGUF files in llama.cpp will skip" >&2
 fi

@@ -138,6 +138,19 @@ def test_onnx_alone_has_no_encoder_safetensors_and_refuses_bfloat16(tiny_hidden_
 
 
 @needs_onnx
+def test_onnx_of_an_encoder_gemma3_cannot_describe_keeps_our_config(tmp_path):
+    """A T5Gemma-derived encoder has no Gemma 3 config: the ONNX folder carries ours and the tokenizer."""
+    from testing_embeddinggemma import build_tiny_t5gemma
+
+    build_tiny_t5gemma(tmp_path / "t5")
+    out = convert(str(tmp_path / "t5"), tmp_path / "t5-onnx", "t5gemma", to="onnx")
+    assert json.loads((out / "config.json").read_text())["model_type"] == "embeddinggemma"
+    assert (out / "onnx" / "model.onnx").exists() and (out / "tokenizer.json").exists()
+    assert not (out / "modules.json").exists()  # no sentence-transformers view without a Gemma 3 config
+    assert 'backend="onnx"' not in (out / "README.md").read_text()
+
+
+@needs_onnx
 def test_onnx_int8_below_the_floor_is_refused_and_nothing_written(tiny_hidden_head_dir, tmp_path, monkeypatch):
     monkeypatch.setattr(ex, "ONNX_INT8_MIN_COSINE", 1.0)
     with pytest.raises(ConversionError, match="int8 ONNX variant is too far"):
