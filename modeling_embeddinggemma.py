@@ -43,12 +43,12 @@ try:  # modules of a package (the Hub's remote code, or an installed copy); `sav
     from .encoding_embeddinggemma import EmbeddingGemmaEncodeMixin
     from .fast_path_embeddinggemma import FastPath
     from .pipeline_embeddinggemma import SentenceEmbeddingPipeline  # noqa: F401  (`config.custom_pipelines` names it)
-    from .quantization_embeddinggemma import Int8Linear, quantize_int8
+    from .quantization_embeddinggemma import Int8Linear, cpu_has_native_bf16, quantize_int8
 except ImportError:  # top-level modules (this repository on sys.path)
     from configuration_embeddinggemma import EmbeddingGemmaConfig
     from encoding_embeddinggemma import EmbeddingGemmaEncodeMixin
     from fast_path_embeddinggemma import FastPath
-    from quantization_embeddinggemma import Int8Linear, quantize_int8
+    from quantization_embeddinggemma import Int8Linear, cpu_has_native_bf16, quantize_int8
 
 try:  # transformers >= 5: these skip tensors that were loaded from a checkpoint
     from transformers import initialization as init
@@ -409,24 +409,6 @@ def truncate_and_normalize(embeddings: torch.Tensor, dim: int | None, normalize:
         embeddings = embeddings[..., :dim]
     embeddings = embeddings.float()
     return F.normalize(embeddings, p=2, dim=-1) if normalize else embeddings
-
-
-def cpu_has_native_bf16() -> bool:
-    """Whether this CPU multiplies bfloat16 natively (x86 AVX512_BF16 or AMX-BF16; Arm BF16). Without it, bfloat16
-    products are emulated and run several times slower than float32."""
-    for check in ("_is_avx512_bf16_supported", "_is_amx_tile_supported", "_is_arm_sve_bf16_supported"):
-        probe = getattr(torch.cpu, check, None)
-        try:
-            if probe is not None and probe():
-                return True
-        except Exception:
-            continue
-    try:
-        with open("/proc/cpuinfo") as handle:
-            flags = {word for line in handle if line.startswith(("flags", "Features")) for word in line.split()}
-    except OSError:
-        return False
-    return bool(flags & {"avx512_bf16", "amx_bf16", "bf16"})
 
 
 # ----------------------------------------------------------------------------------------------------------------

@@ -17,6 +17,24 @@ from torch import nn
 INT8_SKIP_DEFAULT = ("mlp.down_proj",)
 
 
+def cpu_has_native_bf16() -> bool:
+    """Whether this CPU multiplies bfloat16 natively (x86 AVX512_BF16 or AMX-BF16; Arm BF16). Without it, bfloat16
+    products are emulated and run several times slower than float32."""
+    for check in ("_is_avx512_bf16_supported", "_is_amx_tile_supported", "_is_arm_sve_bf16_supported"):
+        probe = getattr(torch.cpu, check, None)
+        try:
+            if probe is not None and probe():
+                return True
+        except Exception:
+            continue
+    try:
+        with open("/proc/cpuinfo") as handle:
+            flags = {word for line in handle if line.startswith(("flags", "Features")) for word in line.split()}
+    except OSError:
+        return False
+    return bool(flags & {"avx512_bf16", "amx_bf16", "bf16"})
+
+
 class Int8Linear(nn.Module):
     """A bias-optional `nn.Linear` replacement computing x @ W^T with int8 weights (symmetric, one scale per output
     channel) and int8 activations quantized per token, on the fbgemm/x86 int8 kernels of torch's CPU build.
@@ -80,6 +98,13 @@ def quantize_int8(model: nn.Module, skip: tuple[str, ...] = INT8_SKIP_DEFAULT) -
         raise ValueError("quantize_int8 is for CPU inference; move the model to the CPU first (`model.to('cpu')`).")
     if "x86" in engines:
         torch.backends.quantized.engine = "x86"
+    if cpu_has_native_bf16():
+        warnings.warn(
+            "This CPU multiplies bfloat16 natively (AVX512_BF16 or AMX), and there bfloat16 runs faster than this "
+            "int8 mode and closer to float32 (docs/performance.md): load with dtype=torch.bfloat16 instead of "
+            "quantize='int8'.",
+            stacklevel=2,
+        )
 
     def skipped(name):
         return any(name.endswith(suffix) for suffix in skip)

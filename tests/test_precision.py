@@ -2,6 +2,7 @@
 weights, and a warning on CPUs that emulate bfloat16."""
 
 import json
+import warnings
 
 import torch
 
@@ -53,3 +54,17 @@ def test_bfloat16_on_a_cpu_without_native_products_warns_once(caplog, monkeypatc
 
 def test_native_bfloat16_probe_answers():
     assert isinstance(modeling_embeddinggemma.cpu_has_native_bf16(), bool)
+
+
+def test_int8_says_so_where_bfloat16_is_the_faster_choice(monkeypatch):
+    import pytest
+
+    import quantization_embeddinggemma
+
+    monkeypatch.setattr(quantization_embeddinggemma, "cpu_has_native_bf16", lambda: True)
+    with pytest.warns(UserWarning, match="load with dtype=torch.bfloat16 instead of quantize='int8'"):
+        quantization_embeddinggemma.quantize_int8(tiny_model())
+    monkeypatch.setattr(quantization_embeddinggemma, "cpu_has_native_bf16", lambda: False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        quantization_embeddinggemma.quantize_int8(tiny_model())
