@@ -1157,7 +1157,14 @@ def _parity(figures: dict | None) -> str:
             f"{figures['min_cosine']}, maximum absolute difference {figures['max_abs_diff']:.3g} in "
             f"{figures['dtype']}."
         )
-    return "Verified at conversion against the float32 model: " + json.dumps(figures, default=str)
+    lines = []
+    for key, value in figures.items():
+        if key == "verified":
+            continue
+        if isinstance(value, dict):
+            value = ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in value.items())
+        lines.append(f"- `{key}`: {value}" if "." in key or "=" in key else f"- {key.replace('_', ' ')}: {value}")
+    return "Verified at conversion against the float32 model:\n\n" + "\n".join(lines)
 
 
 def model_card_usage(name: str, target: str, config: EmbeddingGemmaConfig, export: Export, figures) -> str:
