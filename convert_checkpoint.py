@@ -1548,7 +1548,7 @@ def parse_targets(to: str | list[str] | tuple[str, ...]) -> tuple[str, ...]:
     """`--to` as given (one name, "a,b" or a list) -> the targets, checked: known names, each once, at most one
     folder layout (embeddinggemma or sentence-transformers); the variants (onnx, gguf) go beside it or alone."""
     names = [to] if isinstance(to, str) else list(to)
-    names = [part.strip() for name in names for part in name.split(",") if part.strip()]
+    names = [part.strip().lower() for name in names for part in name.split(",") if part.strip()]
     unknown = [name for name in names if name not in TARGETS]
     if unknown or not names:
         raise ConversionError(
@@ -1607,7 +1607,9 @@ def convert(
             f"--dtype {dtype!r} is not supported; expected one of {tuple(DTYPES)} (float16 "
             "overflows in EmbeddingGemma)."
         )
-    gguf_types = [t.strip() for t in gguf_types.split(",")] if isinstance(gguf_types, str) else gguf_types
+    if isinstance(gguf_types, str):
+        gguf_types = gguf_types.split(",")
+    gguf_types = [t.strip().lower() for t in gguf_types if t.strip()] if gguf_types else None
     if gguf_types and "gguf" not in targets:
         raise ConversionError("--gguf-type applies to --to gguf; add gguf to --to.")
     if gguf_types and set(gguf_types) - set(GGUF_TYPES):

@@ -274,7 +274,7 @@ def test_gguf_refuses_a_t5gemma_encoder(tmp_path):
 
 def test_gguf_without_llama_cpp_is_written_and_says_unverified(tiny_hidden_head_dir, tmp_path, monkeypatch):
     monkeypatch.setattr(ex, "llama_cpp_available", lambda: False)
-    out = convert(str(tiny_hidden_head_dir), tmp_path / "g", to="gguf", gguf_types="q8_0")
+    out = convert(str(tiny_hidden_head_dir), tmp_path / "g", to="GGUF", gguf_types="Q8_0")  # any case
     card = (out / "README.md").read_text()
     assert (out / "g-q8_0.gguf").exists() and "Not verified at conversion: llama.cpp's Python bindings" in card
 
