@@ -39,12 +39,14 @@ from embed_corpus import process_alive
 from export_embeddinggemma import (
     GGUF_TYPES,
     ONNX_FILE,
+    ONNX_INT8_FILE,
     ExportError,
     ExportOptions,
     check_gguf_exportable,
     check_onnx_tools,
     export_gguf,
     export_onnx,
+    gguf_file_name,
     gguf_vocab,
     reference_embeddings,
     require_float32,
@@ -1084,7 +1086,7 @@ def write_model_card(
             "(see the training recipe of the embeddinggemma package).\n"
         )
     )
-    files = "\n".join(f"| `{file}` | {what} |" for file, what in model_card_files(targets, export.options))
+    files = "\n".join(f"| `{file}` | {what} |" for file, what in model_card_files(export))
     body = f"""
 # {name}
 
@@ -1112,7 +1114,8 @@ table is in `config_sentence_transformers.json`. Runtimes other than sentence-tr
     (folder / "README.md").write_text("\n".join(meta) + "\n" + body)
 
 
-def model_card_files(targets: tuple[str, ...], options: ExportOptions) -> list[tuple[str, str]]:
+def model_card_files(export: Export) -> list[tuple[str, str]]:
+    targets, options = export.targets, export.options
     files = []
     if "embeddinggemma" in targets:
         files += [
@@ -1120,7 +1123,7 @@ def model_card_files(targets: tuple[str, ...], options: ExportOptions) -> list[t
             ("model.safetensors", "the encoder and the Dense head, float32 or bfloat16"),
             ("*_embeddinggemma.py", "the model's code (`trust_remote_code=True`)"),
         ]
-    if "sentence-transformers" in targets or ("onnx" in targets and not any(TARGETS[t].base for t in targets)):
+    if "sentence-transformers" in targets or ("onnx" in targets and export.base is None):
         files += [
             ("config.json", "Gemma 3 encoder config (`Gemma3TextModel`, bidirectional)"),
             ("modules.json, 1_Pooling/, 2_Dense/, 3_Dense/", "sentence-transformers' pooling and Dense head"),
@@ -1135,11 +1138,14 @@ def model_card_files(targets: tuple[str, ...], options: ExportOptions) -> list[t
                 "ONNX, float32: inputs `input_ids`, `attention_mask`; outputs `last_hidden_state`, "
                 "`sentence_embedding` (pooled, Dense head, normalised)",
             ),
-            ("onnx/model_quantized.onnx", "ONNX, int8 weights (onnxruntime dynamic quantization), same inputs/outputs"),
+            (f"onnx/{ONNX_INT8_FILE}", "ONNX, int8 weights (onnxruntime dynamic quantization), same inputs/outputs"),
         ]
     if "gguf" in targets:
         files += [
-            (f"{options.name}-{t}.gguf", f"GGUF {t} for llama.cpp / Ollama (`gemma-embedding`, Dense head included)")
+            (
+                gguf_file_name(options.name, t),
+                f"GGUF {t} for llama.cpp / Ollama (`gemma-embedding`, Dense head included)",
+            )
             for t in options.gguf_types
         ]
     return files
@@ -1226,7 +1232,7 @@ from transformers import AutoTokenizer
 
 folder = snapshot_download("{name}")
 tokenizer = AutoTokenizer.from_pretrained(folder)
-session = onnxruntime.InferenceSession(f"{{folder}}/onnx/{ONNX_FILE}")  # or onnx/model_quantized.onnx (int8)
+session = onnxruntime.InferenceSession(f"{{folder}}/onnx/{ONNX_FILE}")  # or onnx/{ONNX_INT8_FILE} (int8)
 texts = {json.dumps([query, *documents], indent=4)}
 batch = tokenizer(texts, padding=True, return_tensors="np")
 feeds = {{name: batch[name].astype(np.int64) for name in ("input_ids", "attention_mask")}}
@@ -1234,7 +1240,7 @@ feeds = {{name: batch[name].astype(np.int64) for name in ("input_ids", "attentio
 print(embeddings[1:] @ embeddings[0])  # cosine similarities of the documents to the query
 ```
 {st_backend}
-Transformers.js (`dtype: "q8"` loads `onnx/model_quantized.onnx`):
+Transformers.js (`dtype: "q8"` loads `onnx/{ONNX_INT8_FILE}`):
 
 ```js
 import {{ AutoModel, AutoTokenizer }} from "@huggingface/transformers";
@@ -1247,8 +1253,7 @@ const {{ sentence_embedding }} = await model(inputs);
 
 {parity}
 """
-    gguf_type = export.options.gguf_types[-1]
-    file = f"{export.options.name}-{gguf_type}.gguf"
+    file = gguf_file_name(export.options.name, export.options.gguf_types[-1])
     return f"""## llama.cpp and Ollama (GGUF)
 
 llama.cpp returns the Dense head's output **unnormalised**: L2-normalise each vector before comparing (cosine).

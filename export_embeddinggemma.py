@@ -410,9 +410,9 @@ def gguf_tensors(model) -> dict[str, torch.Tensor]:
     return out
 
 
-def write_gguf(path: Path, model, tokenizer, gguf_type: str, name: str) -> None:
+def write_gguf(path: Path, model, tokenizer, gguf_type: str, name: str, vocab=None) -> None:
     """One GGUF file of `model` with its tensors in `gguf_type` (1-D tensors, the norms, stay float32 as in llama.cpp's
-    own files)."""
+    own files); `vocab` is `gguf_vocab`'s result when the caller has it already."""
     import gguf
 
     config = model.config
@@ -451,7 +451,7 @@ def write_gguf(path: Path, model, tokenizer, gguf_type: str, name: str) -> None:
     head = [config.hidden_size, *config.dense_out_features]
     writer.add_dense_features_dims("dense_2", head[0], head[1])
     writer.add_dense_features_dims("dense_3", head[1], head[2])
-    pieces, scores, types = gguf_vocab(tokenizer, config.vocab_size)
+    pieces, scores, types = vocab or gguf_vocab(tokenizer, config.vocab_size)
     writer.add_tokenizer_model("llama")
     writer.add_tokenizer_pre("default")
     writer.add_token_list(pieces)
@@ -493,9 +493,9 @@ def write_gguf(path: Path, model, tokenizer, gguf_type: str, name: str) -> None:
 def export_gguf(folder: Path, model, tokenizer, options: ExportOptions) -> None:
     require_float32(model, "GGUF")
     check_gguf_exportable(model, options.gguf_types)
-    gguf_vocab(tokenizer, model.config.vocab_size)  # refuse an unsupported tokenizer before writing anything
+    vocab = gguf_vocab(tokenizer, model.config.vocab_size)  # refuses an unsupported tokenizer before any file
     for gguf_type in options.gguf_types:
-        write_gguf(folder / gguf_file_name(options.name, gguf_type), model, tokenizer, gguf_type, options.name)
+        write_gguf(folder / gguf_file_name(options.name, gguf_type), model, tokenizer, gguf_type, options.name, vocab)
 
 
 def llama_cpp_available() -> bool:
@@ -504,8 +504,7 @@ def llama_cpp_available() -> bool:
 
 @torch.no_grad()
 def llama_cpp_embeddings(path: Path, texts: list[str], threads: int | None = None):
-    """llama.cpp's embeddings of `texts` (unnormalised, as llama.cpp returns them) and its token ids, all texts in
-    one batch."""
+    """llama.cpp's embeddings of `texts` (unnormalised, as llama.cpp returns them) and its token ids."""
     import llama_cpp
 
     llm = llama_cpp.Llama(
@@ -520,18 +519,8 @@ def llama_cpp_embeddings(path: Path, texts: list[str], threads: int | None = Non
     )
     try:
         ids = [llm.tokenize(text.encode("utf-8"), add_bos=True, special=False) for text in texts]
-        embeddings = []
-        # llama.cpp embeds a whole sequence in one micro-batch: send at most 4,096 tokens at a time.
-        start = 0
-        while start < len(texts):
-            stop, size = start, 0
-            while stop < len(texts) and size + len(ids[stop]) <= 4096 and stop - start < 64:
-                size += len(ids[stop])
-                stop += 1
-            if stop == start:
-                raise ExportError(f"A verification text of {len(ids[start])} tokens is longer than 4,096.")
-            embeddings += llm.embed(texts[start:stop], normalize=False)
-            start = stop
+        # llama.cpp packs the texts into batches itself; a text longer than a batch raises instead of being cut
+        embeddings = llm.embed(texts, normalize=False, truncate=False)
         return np.asarray(embeddings, dtype=np.float32), ids
     finally:
         llm.close()

@@ -23,7 +23,6 @@ The masks are built here, from positions, rather than through the installed tran
 bidirectional window has changed across releases (huggingface/transformers#40700, #47940).
 """
 
-import functools
 from dataclasses import dataclass
 
 import torch
@@ -416,9 +415,6 @@ def truncate_and_normalize(embeddings: torch.Tensor, dim: int | None, normalize:
 # ----------------------------------------------------------------------------------------------------------------
 
 
-_NATIVE_BF16 = functools.lru_cache(maxsize=1)(cpu_has_native_bf16)
-
-
 class EmbeddingGemmaPreTrainedModel(PreTrainedModel):
     config_class = EmbeddingGemmaConfig
     base_model_prefix = "model"
@@ -575,7 +571,7 @@ class EmbeddingGemmaTextModel(EmbeddingGemmaPreTrainedModel):
         padding_mask = _padding_mask(attention_mask, batch, length, device)
         if torch.float16 in (self.embed_tokens.weight.dtype, getattr(inputs_embeds, "dtype", None)):
             raise ValueError(FLOAT16_ERROR)
-        if self.embed_tokens.weight.dtype == torch.bfloat16 and device.type == "cpu" and not _NATIVE_BF16():
+        if self.embed_tokens.weight.dtype == torch.bfloat16 and device.type == "cpu" and not cpu_has_native_bf16():
             logger.warning_once(
                 "bfloat16 on a CPU without native bfloat16 products (no AVX512_BF16 or AMX): they are emulated and "
                 "run several times slower than float32. Load with dtype=torch.float32 (the default) on this CPU."

@@ -6,6 +6,7 @@ the model file only knows that a quantized attention or MLP computes q/k/v or ga
 (`qkv_proj`, `gate_up_proj`). See docs/performance.md for the measured speed and agreement.
 """
 
+import functools
 import warnings
 
 import torch
@@ -17,6 +18,7 @@ from torch import nn
 INT8_SKIP_DEFAULT = ("mlp.down_proj",)
 
 
+@functools.lru_cache(maxsize=1)
 def cpu_has_native_bf16() -> bool:
     """Whether this CPU multiplies bfloat16 natively (x86 AVX512_BF16 or AMX-BF16; Arm BF16). Without it, bfloat16
     products are emulated and run several times slower than float32."""

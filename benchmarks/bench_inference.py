@@ -207,9 +207,11 @@ def load_llama_cpp(ctx, gguf_type):
     output)."""
     import llama_cpp
 
+    from export_embeddinggemma import gguf_file_name
+
     tokens = min(2048, ctx["max_length"])  # as many as the model takes, so that long texts are cut where ours are
     llm = llama_cpp.Llama(
-        model_path=str(exports(ctx) / f"exports-{gguf_type}.gguf"),
+        model_path=str(exports(ctx) / gguf_file_name("exports", gguf_type)),
         embedding=True,
         n_ctx=tokens,
         n_batch=tokens,

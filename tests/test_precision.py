@@ -43,7 +43,7 @@ def test_config_dtype_follows_the_weights(tmp_path):
 
 
 def test_bfloat16_on_a_cpu_without_native_products_warns_once(caplog, monkeypatch):
-    monkeypatch.setattr(modeling_embeddinggemma, "_NATIVE_BF16", lambda: False)
+    monkeypatch.setattr(modeling_embeddinggemma, "cpu_has_native_bf16", lambda: False)
     model = tiny_model().to(torch.bfloat16)
     ids, mask = make_batch(seed=5)
     with caplog.at_level("WARNING"), torch.no_grad():
