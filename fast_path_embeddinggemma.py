@@ -146,6 +146,27 @@ def apply_rotary_packed(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -
     return output
 
 
+class OptimizerSteps:
+    """Counts optimizer steps in this process (a global post-step hook of torch.optim). Fused optimizers (AdamW
+    `fused=True`, the default of transformers' Trainer) update parameters without bumping their version counters, so
+    a packed weight keyed on the version alone would go stale during training; the count is part of the key."""
+
+    count = 0
+    registered = False
+
+    @classmethod
+    def register(cls) -> None:
+        if not cls.registered:
+            from torch.optim.optimizer import register_optimizer_step_post_hook
+
+            register_optimizer_step_post_hook(cls.bump)
+            cls.registered = True
+
+    @classmethod
+    def bump(cls, *_) -> None:
+        cls.count += 1
+
+
 class FastPath:
     """The packed path of one `EmbeddingGemmaTextModel`, with the oneDNN-packed copies of its float32 weights (not
     parameters or buffers: never saved; repacked when a weight changes or moves)."""
@@ -157,6 +178,7 @@ class FastPath:
             and torch.backends.mkldnn.is_available()
         )
         self.weights: dict[int, tuple[tuple, torch.Tensor]] = {}
+        OptimizerSteps.register()
 
     def __call__(self, encoder, input_ids, padding_mask, inputs_embeds=None):
         """The encoder's layers on the real tokens of the batch: (final hidden states (T, hidden), PackedBatch)."""
@@ -164,9 +186,10 @@ class FastPath:
 
     def onednn_linear(self, module: nn.Linear, x: torch.Tensor) -> torch.Tensor:
         """`module(x)` for float32 2-D x on the CPU without autograd, on oneDNN with the weight packed into its blocked
-        layout on first use (repacked when it changes or moves); `module(x)` if this torch build cannot."""
+        layout on first use (repacked when it changes, moves or any optimizer steps); `module(x)` if this torch build
+        cannot."""
         weight = module.weight
-        key = (weight.data_ptr(), weight._version, weight.shape)
+        key = (weight.data_ptr(), weight._version, weight.shape, OptimizerSteps.count)
         cached = self.weights.get(id(module))
         if cached is None or cached[0] != key:
             try:

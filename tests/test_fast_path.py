@@ -125,6 +125,27 @@ def test_fast_path_gradients_match_the_reference_path():
     torch.testing.assert_close(grads[0], grads[1], atol=1e-5, rtol=1e-4)
 
 
+@pytest.mark.parametrize("optimizer", ["fused", "foreach", "in-place copy"])
+def test_fast_path_sees_weights_changed_by_any_optimizer(optimizer):
+    """A fused AdamW (transformers' Trainer default) updates parameters without bumping their version counters; the
+    packed (oneDNN) weights must still be repacked, or encode during training silently uses the old weights."""
+    model = tiny_model()
+    input_ids, attention_mask = make_batch([16, 9])
+    assert_paths_agree(model, input_ids, attention_mask)  # packs the weights
+    before = both_paths(model, input_ids=input_ids, attention_mask=attention_mask)[0].sentence_embedding
+    if optimizer == "in-place copy":
+        with torch.no_grad():
+            for parameter in model.model.layers[0].parameters():
+                parameter.copy_(parameter * 1.5)
+    else:
+        step = torch.optim.AdamW(model.parameters(), lr=1e-2, **{optimizer: True})
+        model(input_ids=input_ids, attention_mask=attention_mask).sentence_embedding.sum().backward()
+        step.step()
+    fast, reference = both_paths(model, input_ids=input_ids, attention_mask=attention_mask)
+    assert (fast.sentence_embedding - before).abs().max() > 1e-3  # the weights did change
+    torch.testing.assert_close(fast.sentence_embedding, reference.sentence_embedding, atol=ATOL, rtol=0)
+
+
 def test_fast_path_bfloat16_stays_close_to_the_reference_path():
     model = tiny_model().to(torch.bfloat16)
     input_ids, attention_mask = make_batch()
