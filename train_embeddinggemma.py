@@ -3,10 +3,12 @@
 regulariser and embedding-matching distillation, all at every Matryoshka dim; then model souping and STS evaluation.
 
     python train_embeddinggemma.py train MODEL_DIR OUTPUT_DIR --data sick:../shared/data/sick/SICK_train.txt \\
-        --data stsb:../shared/data/stsbenchmark/sts-train.csv --teacher TEACHER_DIR [--max-steps 200]
+        --data stsb:../shared/data/stsbenchmark/sts-train.csv --teacher TEACHER_DIR [--max-steps 200 | --max-minutes 60]
+        [--data texts:FILE --nce-weight 0 --gor-weight 0] [--fit-head] [--held-out FILE] [--eval-sts-file FILE]
     python train_embeddinggemma.py soup OUTPUT_DIR CHECKPOINT [CHECKPOINT ...] [--weights 0.5,0.5]
     python train_embeddinggemma.py evaluate MODEL_DIR --sts-file ../shared/data/stsbenchmark/sts-test.csv \
-        [--prompt-name STS]
+        [--sick-file ../shared/data/sick/SICK_test_annotated.txt] [--prompt-name STS]
+    python train_embeddinggemma.py check-held-out OUTPUT_DIR [...] --held-out FILE [--held-out FILE]
 
 Every loss is sentence-transformers' own, composed here (arXiv 2509.20354, section 3):
 - NCE: `MultipleNegativesRankingLoss(hardness_mode="hard_negatives", hardness_strength=5)`, negatives gathered
@@ -26,6 +28,7 @@ import json
 import os
 import shutil
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -60,14 +63,53 @@ def read_sick(path: str | os.PathLike) -> list[dict]:
     return rows
 
 
+def is_sick(path: str | os.PathLike) -> bool:
+    """SICK files start with a `pair_ID<TAB>sentence_A<TAB>sentence_B...` header; STS-B files have none."""
+    with open(path, encoding="utf-8") as handle:
+        return handle.readline().startswith("pair_ID\tsentence_A\tsentence_B")
+
+
 def read_sts(path: str | os.PathLike) -> list[tuple[str, str, float]]:
-    """STS benchmark rows (genre, file, year, id, score, sentence1, sentence2), tab-separated, unquoted."""
+    """Scored pairs (sentence1, sentence2, score) of an STS benchmark file (genre, file, year, id, score, sentence1,
+    sentence2; tab-separated, unquoted) or of a SICK file (its relatedness_score), told apart by SICK's header."""
     pairs = []
     with open(path, encoding="utf-8") as handle:
+        if is_sick(path):
+            for row in csv.DictReader(handle, delimiter="\t", quoting=csv.QUOTE_NONE):
+                pairs.append((row["sentence_A"], row["sentence_B"], float(row["relatedness_score"])))
+            return pairs
         for row in csv.reader(handle, delimiter="\t", quoting=csv.QUOTE_NONE):
             if len(row) >= 7:
                 pairs.append((row[5], row[6], float(row[4])))
     return pairs
+
+
+def read_texts(path: str | os.PathLike) -> list[dict]:
+    """Every distinct sentence of an STS-B or SICK file, each on its own, as {"anchor": text} rows (for
+    distillation: the teacher's embedding is the target, no pair is needed)."""
+    texts = dict.fromkeys(text for a, b, _ in read_sts(path) for text in (a, b))
+    return [{"anchor": text} for text in texts]
+
+
+def text_key(text: str) -> str:
+    """Texts compared case- and whitespace-insensitively, so a held-out sentence is caught however it is spaced."""
+    return " ".join(text.lower().split())
+
+
+def held_out_texts(paths: list[str | os.PathLike]) -> set[str]:
+    """The `text_key`s of every sentence of these evaluation files (STS-B or SICK)."""
+    return {text_key(text) for path in paths for a, b, _ in read_sts(path) for text in (a, b)}
+
+
+def drop_held_out(rows: list[dict], held_out: set[str]) -> tuple[list[dict], int]:
+    """Rows none of whose texts is held out, and how many were dropped."""
+    kept = [row for row in rows if not any(text_key(row[c]) in held_out for c in TEXT_COLUMNS if c in row)]
+    return kept, len(rows) - len(kept)
+
+
+def trained_texts(rows: list[dict]) -> list[str]:
+    """The distinct `text_key`s of every text in these rows, sorted."""
+    return sorted({text_key(row[c]) for row in rows for c in TEXT_COLUMNS if c in row})
 
 
 def read_stsb_positives(path: str | os.PathLike, min_score: float = 4.0) -> list[dict]:
@@ -95,19 +137,72 @@ def read_rows(path: str | os.PathLike) -> list[dict]:
     return [{k: row[k] for k in ("anchor", "positive", "negative") if row.get(k)} for row in rows]
 
 
+DATA_KINDS = {"sick": read_sick, "stsb": read_stsb_positives, "texts": read_texts}
+TEXT_COLUMNS = ("anchor", "positive", "negative")
+
+
 def load_data(specs: list[str]) -> list[dict]:
-    """`sick:PATH`, `stsb:PATH` or a plain file path, concatenated."""
+    """`sick:PATH`, `stsb:PATH`, `texts:PATH` or a plain file path, concatenated."""
     rows = []
     for spec in specs:
-        kind, _, path = spec.partition(":") if spec.split(":", 1)[0] in ("sick", "stsb") else ("file", "", spec)
-        rows += read_sick(path) if kind == "sick" else read_stsb_positives(path) if kind == "stsb" else read_rows(path)
+        kind, _, path = spec.partition(":") if spec.split(":", 1)[0] in DATA_KINDS else ("file", "", spec)
+        rows += DATA_KINDS[kind](path) if kind in DATA_KINDS else read_rows(path)
     return rows
 
 
 def split_by_columns(rows: list[dict]) -> dict[str, list[dict]]:
-    """Rows with and without a hard negative, as two datasets (a dataset needs the same columns in every row)."""
-    groups = {"triplets": [r for r in rows if "negative" in r], "pairs": [r for r in rows if "negative" not in r]}
+    """Rows with a hard negative, pairs and single texts, as separate datasets (a dataset needs the same columns in
+    every row)."""
+    groups = {
+        "triplets": [r for r in rows if "negative" in r],
+        "pairs": [r for r in rows if "positive" in r and "negative" not in r],
+        "texts": [r for r in rows if "positive" not in r],
+    }
     return {name: group for name, group in groups.items() if group}
+
+
+class LengthGroupedBatchSampler:
+    """Batches of texts of similar length, none repeating a text: each epoch shuffles the rows, sorts every run of
+    `group` batches' worth by length, cuts it into batches of distinct texts and shuffles the batches. Padding then
+    costs a fraction of what random batches pay (STS-B/SICK sentences: ~50% of the tokens of a random batch of 32
+    are padding). A `batch_sampler` for `SentenceTransformerTrainingArguments`."""
+
+    def __init__(self, dataset, batch_size, drop_last=True, valid_label_columns=None, generator=None, seed=0, group=16):
+        columns = [c for c in TEXT_COLUMNS if c in dataset.column_names]
+        self.texts = [tuple(row[c] for c in columns) for row in dataset.select_columns(columns)]
+        self.lengths = [sum(len(text) for text in texts) for texts in self.texts]
+        self.batch_size, self.drop_last, self.seed, self.group, self.epoch = batch_size, drop_last, seed, group, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return len(self.texts) // self.batch_size if self.drop_last else -(-len(self.texts) // self.batch_size)
+
+    def __iter__(self):
+        rng = np.random.default_rng([self.seed, self.epoch])
+        order, batches, carried = rng.permutation(len(self.texts)).tolist(), [], []
+        chunk = self.batch_size * self.group
+        for start in range(0, len(order), chunk):
+            pending = sorted(carried + order[start : start + chunk], key=self.lengths.__getitem__)
+            while True:
+                batch, seen, rest = [], set(), []
+                for index in pending:
+                    texts = set(self.texts[index])
+                    if len(batch) < self.batch_size and not texts & seen:
+                        batch.append(index)
+                        seen |= texts
+                    else:
+                        rest.append(index)
+                if len(batch) < self.batch_size:
+                    carried = pending
+                    break
+                batches.append(batch)
+                pending = rest
+        if carried and not self.drop_last:
+            batches.append(carried[: self.batch_size])
+        rng.shuffle(batches)
+        yield from batches
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -116,22 +211,33 @@ def split_by_columns(rows: list[dict]) -> dict[str, list[dict]]:
 
 
 def teacher_embeddings(
-    teacher: str, rows: list[dict], prompts: dict[str, str], cache_dir: str | os.PathLike, batch_size: int = 32
+    teacher: str,
+    rows: list[dict],
+    prompts: dict[str, str],
+    cache_dir: str | os.PathLike,
+    batch_size: int = 32,
+    dtype: str = "float32",
 ) -> np.ndarray:
     """(len(rows), columns, dim) teacher embeddings of every column (with its prompt), computed once: the cache key
-    covers the teacher's files, the texts and the prompts, so a change to any of them recomputes."""
+    covers the teacher's files, the texts, the prompts and the dtype, so a change to any of them recomputes.
+    `dtype="bfloat16"` runs the teacher in bfloat16 (several times faster on CPUs with native bf16; embeddings within
+    ~2e-4 cosine of float32's, normalised in float32)."""
+    if dtype not in ("float32", "bfloat16"):
+        raise ValueError(f"Teacher dtype {dtype!r}: expected float32 or bfloat16 (float16 overflows in Gemma).")
     from embed_corpus import fingerprint_folder
 
-    columns = [c for c in ("anchor", "positive", "negative") if c in rows[0]]
+    columns = [c for c in TEXT_COLUMNS if c in rows[0]]
     digest = hashlib.sha256(fingerprint_folder(teacher).encode())
     digest.update(json.dumps([[row[c] for c in columns] for row in rows]).encode())
     digest.update(json.dumps({c: prompts.get(c, "") for c in columns}, sort_keys=True).encode())
+    if dtype != "float32":
+        digest.update(dtype.encode())
     cache = Path(cache_dir) / f"teacher-{digest.hexdigest()[:24]}.npy"
     if cache.is_file():
         return np.load(cache)
     from sentence_transformers import SentenceTransformer
 
-    model = SentenceTransformer(str(teacher), device="cpu", trust_remote_code=True)
+    model = SentenceTransformer(str(teacher), device="cpu", trust_remote_code=True).to(getattr(torch, dtype))
     vectors = np.stack(
         [model.encode([row[c] for row in rows], prompt=prompts.get(c, ""), batch_size=batch_size) for c in columns],
         axis=1,
@@ -223,6 +329,181 @@ def recipe_loss(model, matryoshka_dims: list[int], **weights):
 # ----------------------------------------------------------------------------------------------------------------
 
 
+class TrainingClock:
+    """Training wall-clock: runs while training, paused for evaluation; `elapsed` carries over a resume."""
+
+    def __init__(self, budget_minutes: float | None = None, elapsed: float = 0.0):
+        self.budget = None if budget_minutes is None else 60.0 * budget_minutes
+        self._elapsed, self._since = elapsed, None
+
+    @property
+    def elapsed(self) -> float:
+        return self._elapsed + (time.monotonic() - self._since if self._since is not None else 0.0)
+
+    def start(self):
+        if self._since is None:
+            self._since = time.monotonic()
+
+    def pause(self):
+        self._elapsed, self._since = self.elapsed, None
+
+    def fraction(self) -> float:
+        """The share of the budget spent, in [0, 1]."""
+        return min(1.0, self.elapsed / self.budget) if self.budget else 0.0
+
+    def out_of_time(self) -> bool:
+        return self.budget is not None and self.elapsed >= self.budget
+
+
+def budget_schedule(clock: TrainingClock, warmup: float):
+    """The learning-rate factor for a time budget: linear warm-up over the first `warmup` of the budget, then linear
+    decay to zero when the budget ends (the usual linear schedule, with time in place of steps)."""
+
+    def factor(_step: int) -> float:
+        spent = clock.fraction()
+        if spent < warmup:
+            return max(spent / warmup, 1e-3)
+        return max(0.0, (1.0 - spent) / (1.0 - warmup))
+
+    return factor
+
+
+def budget_callback(clock: TrainingClock, evaluation=None, eval_every_minutes: float | None = None):
+    """A TrainerCallback that stops (and saves) when the clock's budget is spent, evaluates every
+    `eval_every_minutes` of training time with the clock paused (`evaluation(model, minutes, step)`), and writes the
+    clock into every checkpoint (budget.json) so that a resumed run continues it."""
+    from transformers import TrainerCallback
+
+    class BudgetCallback(TrainerCallback):
+        next_eval = 0.0
+
+        evaluated_step = None
+
+        def maybe_evaluate(self, state, model, final=False):
+            minutes = clock.elapsed / 60.0
+            due = final or (eval_every_minutes is not None and minutes >= self.next_eval)
+            if evaluation is None or not due or self.evaluated_step == state.global_step:
+                return
+            clock.pause()
+            evaluation(model, minutes, state.global_step)
+            self.evaluated_step = state.global_step
+            while eval_every_minutes and self.next_eval <= minutes:
+                self.next_eval += eval_every_minutes
+            if not final:
+                clock.start()
+
+        def on_train_begin(self, args, state, control, model=None, **kwargs):
+            clock.start()
+            self.next_eval = clock.elapsed / 60.0  # the curve starts where this run starts
+            self.maybe_evaluate(state, model)
+
+        def on_step_end(self, args, state, control, model=None, **kwargs):
+            if clock.out_of_time():
+                control.should_training_stop = control.should_save = True
+            else:
+                self.maybe_evaluate(state, model)
+
+        def on_save(self, args, state, control, **kwargs):
+            checkpoint = Path(args.output_dir) / f"checkpoint-{state.global_step}"
+            if checkpoint.is_dir():
+                write_json(checkpoint / "budget.json", {"elapsed_seconds": clock.elapsed, "budget": clock.budget})
+
+        def on_train_end(self, args, state, control, model=None, **kwargs):
+            clock.pause()
+            self.maybe_evaluate(state, model, final=True)
+
+    return BudgetCallback()
+
+
+def write_json(path: Path, value) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(value, indent=2) + "\n", encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def pooled_states(model, texts: list[str], prompt: str, batch_size: int = 64) -> torch.Tensor:
+    """(len(texts), hidden) mean-pooled encoder states of a SentenceTransformer over our model, prompt included:
+    what the head sees."""
+    from modeling_embeddinggemma import pool
+
+    encoder = model[0].auto_model
+    was_training = encoder.training
+    encoder.eval()
+    pooled = []
+    with torch.no_grad():
+        for start in range(0, len(texts), batch_size):
+            features = model.tokenize([prompt + text for text in texts[start : start + batch_size]])
+            mask = features["attention_mask"]
+            hidden = encoder.model(input_ids=features["input_ids"], attention_mask=mask).last_hidden_state
+            pooled.append(pool(hidden.float(), mask.bool(), encoder.config.pooling_mode))
+    encoder.train(was_training)
+    return torch.cat(pooled)
+
+
+def fit_head(model, texts: list[str], targets: np.ndarray, prompt: str, ridge: float = 1e-3) -> dict:
+    """Sets the two Dense layers so that their product is the ridge least-squares map from the student's
+    mean-pooled states to `targets` (the teacher's embeddings of `texts`), split evenly between the layers by an
+    SVD (W2 W1 = U S V^T, W1 = sqrt(S) V^T, W2 = U sqrt(S), the rest zero). Closed form; returns the fit's figures."""
+    encoder = model[0].auto_model
+    dense = list(getattr(encoder, "dense", []))
+    linear = len(dense) == 2 and all(layer.bias is None for layer in dense)
+    if not linear or encoder.config.dense_activation != "identity":
+        raise ValueError(
+            "--fit-head needs the converter's linear head (two Dense layers, no bias, no activation), as "
+            "`convert_checkpoint.py --embedding-dim D` gives a decoder; this model's head is another."
+        )
+    first, second = dense
+    hidden, dim = first.in_features, second.out_features
+    if targets.shape != (len(texts), dim):
+        raise ValueError(f"--fit-head: teacher embeddings {targets.shape} do not match {len(texts)} texts x {dim}.")
+    states = pooled_states(model, texts, prompt).double()
+    y = torch.from_numpy(targets).double()
+    gram = states.T @ states
+    gram += ridge * gram.diagonal().mean() * torch.eye(hidden, dtype=gram.dtype)
+    weight = torch.linalg.solve(gram, states.T @ y).T  # (dim, hidden)
+    u, singular, vh = torch.linalg.svd(weight, full_matrices=False)  # rank <= min(dim, hidden)
+    rank = singular.shape[0]
+    if first.out_features < rank:
+        raise ValueError(f"--fit-head: the head's inner width {first.out_features} is below the fit's rank {rank}.")
+    root = singular.sqrt()
+    # The embedding is normalised, so each factor's scale is free: give both the Frobenius norm of the identity head's
+    # factors (sqrt(rank), singular values ~1). A least-squares map from states of norm ~100 to unit vectors has tiny
+    # entries, which Adam's ~learning-rate-sized steps would wipe out in a few steps.
+    factors = (root[:, None] * vh, u * root[None, :])
+    factors = [factor * (rank**0.5 / factor.norm()) for factor in factors]
+    with torch.no_grad():
+        first.weight.zero_()
+        second.weight.zero_()
+        first.weight[:rank] = factors[0].to(first.weight.dtype)
+        second.weight[:, :rank] = factors[1].to(second.weight.dtype)
+    fitted = F.normalize(states @ weight.T, dim=-1)
+    return {"texts": len(texts), "mean_cosine": float((fitted * F.normalize(y, dim=-1)).sum(-1).mean())}
+
+
+def evaluation_logger(path: Path, sts_file: str | None, prompt_name: str | None, offset_minutes: float = 0.0):
+    """`evaluation(model, minutes, step)` for `budget_callback`: STS Spearman at every Matryoshka dim, printed and
+    appended to `path` (JSON lines) with the training minutes and step."""
+    pairs = read_sts(sts_file) if sts_file else []
+    if sts_file and not pairs:
+        raise ValueError(f"{sts_file} has no STS-B or SICK pairs.")
+
+    def evaluation(model, minutes, step):
+        started = time.monotonic()
+        scores = evaluate_model(model, pairs, prompt_name)
+        record = {
+            "minutes": round(offset_minutes + minutes, 3),
+            "step": step,
+            "spearman": {str(d): round(v, 2) for d, v in scores.items()},
+            "eval_seconds": round(time.monotonic() - started, 1),
+        }
+        with open(path, "a", encoding="utf-8") as handle:
+            handle.write(json.dumps(record) + "\n")
+        dims = " ".join(f"{d}:{v:.2f}" for d, v in scores.items())
+        print(f"[eval] {record['minutes']:.1f} training minutes, step {step}: spearman {dims}", file=sys.stderr)
+
+    return evaluation
+
+
 def train(
     model_dir: str,
     output_dir: str,
@@ -232,14 +513,24 @@ def train(
     nce_weight: float = 1.0,
     gor_weight: float = 1.0,
     distill_weight: float = 1.0,
-    max_steps: int = 100,
+    max_steps: int | None = None,
+    max_minutes: float | None = None,
     batch_size: int = 32,
     learning_rate: float = 2e-5,
-    warmup: float = 0.1,  # a fraction of max_steps
+    warmup: float = 0.1,  # a fraction of max_steps, or of max_minutes
     query_prompt: str | None = "query",
     document_prompt: str | None = "document",
     bf16: bool | None = None,
-    gradient_checkpointing: bool = True,
+    gradient_checkpointing: bool = False,
+    freeze_embeddings: bool = True,
+    group_by_length: bool = True,
+    fit_head_texts: int = 0,
+    held_out: list[str] | None = None,
+    eval_sts_file: str | None = None,
+    eval_prompt_name: str | None = "STS",
+    eval_every_minutes: float | None = None,
+    curve_offset_minutes: float = 0.0,
+    teacher_dtype: str = "float32",
     save_steps: int = 50,
     resume: bool = False,
     seed: int = 0,
@@ -247,37 +538,83 @@ def train(
     logging_steps: int = 10,
 ) -> Path:
     """Fine-tunes MODEL_DIR with the recipe; returns OUTPUT_DIR/final (our format). Checkpoints go to
-    OUTPUT_DIR/checkpoint-N; `resume=True` continues from the last one."""
+    OUTPUT_DIR/checkpoint-N; `resume=True` continues from the last one.
+
+    `max_minutes` plans the run for a training wall-clock budget (the learning rate warms up and decays with time
+    rather than steps) and stops on time with a checkpoint and the final model; evaluation and teacher caching are
+    not counted. `max_steps` plans it by steps instead (default 100 when neither is given); with both, whichever
+    comes first stops it. OUTPUT_DIR/training_summary.json records steps, seconds, tokens and tokens/s;
+    `held_out` files' texts (STS-B/SICK) are removed from the data and OUTPUT_DIR/trained_texts.txt lists every
+    text trained on (`check-held-out` verifies it)."""
     from datasets import Dataset, DatasetDict
     from sentence_transformers import (
         SentenceTransformer,
-        SentenceTransformerTrainer,
         SentenceTransformerTrainingArguments,
     )
 
+    if max_steps is None and max_minutes is None:
+        max_steps = 100
+    if max_minutes is not None and max_minutes <= 0:
+        raise ValueError(f"--max-minutes {max_minutes}: expected a positive number of training minutes.")
     rows = load_data(data) if data and isinstance(data[0], str) else list(data)
+    if held_out:
+        rows, dropped = drop_held_out(rows, held_out_texts(held_out))
+        print(f"held out: {dropped} rows sharing a text with {', '.join(map(str, held_out))} removed", file=sys.stderr)
     if not rows:
-        raise ValueError("No training rows: check --data.")
+        raise ValueError("No training rows: check --data (and --held-out).")
+    singles = {text_key(row["anchor"]): row for row in rows if "positive" not in row}
+    rows = [row for row in rows if "positive" in row] + list(singles.values())  # a text on its own once
     if distill_weight and not teacher:
         raise ValueError("Distillation needs --teacher (an embedding model folder), or --distill-weight 0.")
+    if (fit_head_texts or 0) > 0 and not teacher:
+        raise ValueError("--fit-head fits the head to the teacher's embeddings: pass --teacher.")
+    if nce_weight and any("positive" not in row for row in rows):
+        raise ValueError(
+            "Single texts (texts:PATH) have no positive for the NCE term: train them with --nce-weight 0 "
+            "(distillation), or give (anchor, positive) rows."
+        )
+    output = Path(output_dir)
+    output.mkdir(parents=True, exist_ok=True)
+    (output / "trained_texts.txt").write_text("\n".join(trained_texts(rows)) + "\n", encoding="utf-8")
     model = SentenceTransformer(model_dir, device="cpu", trust_remote_code=True)
     config = model[0].auto_model.config
     prompts = {"anchor": config.prompt_for(query_prompt) if query_prompt else ""}
     prompts["positive"] = prompts["negative"] = config.prompt_for(document_prompt) if document_prompt else ""
 
-    datasets = {}
+    cache = cache_dir or output / "teacher-cache"
+    datasets, fit_texts, fit_targets = {}, [], []
     for name, group in split_by_columns(rows).items():
-        columns = {c: [row[c] for row in group] for c in ("anchor", "positive", "negative") if c in group[0]}
-        if distill_weight:
-            vectors = teacher_embeddings(teacher, group, prompts, cache_dir or Path(output_dir) / "teacher-cache")
+        columns = {c: [row[c] for row in group] for c in TEXT_COLUMNS if c in group[0]}
+        if distill_weight or fit_head_texts:
+            vectors = teacher_embeddings(teacher, group, prompts, cache, dtype=teacher_dtype)
             if vectors.shape[-1] != config.embedding_dim:
                 raise ValueError(
                     f"The teacher's embeddings have {vectors.shape[-1]} dims but the student's {config.embedding_dim}; "
                     "convert the student with --embedding-dim matching the teacher (e.g. 768)."
                 )
             columns["label"] = vectors.tolist()
+            fit_texts += columns["anchor"]
+            fit_targets.append(vectors[:, 0])
         datasets[name] = Dataset.from_dict(columns)
     train_dataset = DatasetDict(datasets) if len(datasets) > 1 else next(iter(datasets.values()))
+
+    checkpoints = sorted(output.glob("checkpoint-*"), key=lambda c: int(c.name.rsplit("-", 1)[-1]))
+    resuming = resume and bool(checkpoints)
+    budget_file = checkpoints[-1] / "budget.json" if resuming else None
+    elapsed = json.loads(budget_file.read_text())["elapsed_seconds"] if budget_file and budget_file.is_file() else 0.0
+    clock = TrainingClock(max_minutes, elapsed)
+    if freeze_embeddings:
+        model[0].auto_model.get_input_embeddings().weight.requires_grad_(False)
+    if fit_head_texts and not resuming:
+        clock.start()  # the fit is training: it counts against the budget
+        order = np.random.default_rng(seed).permutation(len(fit_texts))[:fit_head_texts]
+        figures = fit_head(model, [fit_texts[i] for i in order], np.concatenate(fit_targets)[order], prompts["anchor"])
+        clock.pause()
+        print(
+            f"head fitted by least squares on {figures['texts']} texts: mean cosine {figures['mean_cosine']:.4f} "
+            f"({clock.elapsed:.0f}s)",
+            file=sys.stderr,
+        )
 
     import transformers
 
@@ -286,10 +623,10 @@ def train(
         {"warmup_steps": warmup} if int(transformers.__version__.split(".")[0]) >= 5 else {"warmup_ratio": warmup}
     )
     if bf16 is None:
-        bf16 = torch.cuda.is_available() and torch.cuda.is_bf16_supported()  # CPUs without native bf16: slower
+        bf16 = native_bf16()
     args = SentenceTransformerTrainingArguments(
         output_dir=str(output_dir),
-        max_steps=max_steps,
+        max_steps=max_steps if max_steps is not None else 10**9,
         per_device_train_batch_size=batch_size,
         learning_rate=learning_rate,
         **warmup_args,
@@ -303,25 +640,131 @@ def train(
         data_seed=seed,
         dataloader_drop_last=True,
         prompts=prompts,
-        batch_sampler="no_duplicates",
+        batch_sampler=LengthGroupedBatchSampler if group_by_length else "no_duplicates",
         use_cpu=not torch.cuda.is_available(),
     )
     loss = recipe_loss(
         model, config.matryoshka_dims, nce_weight=nce_weight, gor_weight=gor_weight, distill_weight=distill_weight
     )
-    trainer = SentenceTransformerTrainer(model=model, args=args, train_dataset=train_dataset, loss=loss)
-    has_checkpoint = any(Path(output_dir).glob("checkpoint-*"))
-    trainer.train(resume_from_checkpoint=True if resume and has_checkpoint else None)
+    evaluation = (
+        evaluation_logger(output / "learning_curve.jsonl", eval_sts_file, eval_prompt_name, curve_offset_minutes)
+        if eval_sts_file
+        else None
+    )
+    callback = budget_callback(clock, evaluation, eval_every_minutes)
+    trainer = RecipeTrainer(
+        model=model, args=args, train_dataset=train_dataset, loss=loss, callbacks=[callback], clock=clock, warmup=warmup
+    )
+    trainer.train(resume_from_checkpoint=True if resuming else None)
     if trainer.state.global_step == 0:
         raise ValueError(
             f"No training step ran: {len(rows)} rows give no full batch of {batch_size} distinct texts per dataset "
             "(batches skip duplicates and drop the last partial one). Add data or lower --batch-size."
         )
-    final = Path(output_dir) / "final"
+    final = output / "final"
     if trainer.is_world_process_zero():
         model[0].auto_model.save_pretrained(final)
         model.tokenizer.save_pretrained(final)
+        seconds = clock.elapsed - elapsed
+        tokens = trainer.tokens
+        write_json(
+            output / "training_summary.json",
+            {
+                "steps": trainer.state.global_step,
+                "training_seconds": round(clock.elapsed, 1),
+                "budget_seconds": clock.budget,
+                "last_step_started_at": round(trainer.step_log[-1][0], 1) if trainer.step_log else None,
+                "this_run": {
+                    "seconds": round(seconds, 1),
+                    "optimizer_steps": trainer.steps_this_run,
+                    "seconds_per_step": round(seconds / max(trainer.steps_this_run, 1), 3),
+                    "tokens": tokens["real"],
+                    "padded_tokens": tokens["padded"],
+                    "tokens_per_second": round(tokens["real"] / max(seconds, 1e-9), 1),
+                    "steady": trainer.steady_rates(),
+                },
+                "settings": {
+                    "batch_size": batch_size,
+                    "learning_rate": learning_rate,
+                    "bf16": bool(bf16),
+                    "gradient_checkpointing": gradient_checkpointing,
+                    "freeze_embeddings": freeze_embeddings,
+                    "group_by_length": group_by_length,
+                    "threads": torch.get_num_threads(),
+                    "weights": {"nce": nce_weight, "gor": gor_weight, "distill": distill_weight},
+                    "max_minutes": max_minutes,
+                    "max_steps": max_steps,
+                },
+            },
+        )
     return final
+
+
+def native_bf16() -> bool:
+    """bfloat16 mixed precision pays where products run natively in bf16: GPUs with bf16, CPUs with AVX512_BF16/AMX
+    (there ~5-8x float32's products); elsewhere it is slower than float32."""
+    if torch.cuda.is_available():
+        return torch.cuda.is_bf16_supported()
+    from quantization_embeddinggemma import cpu_has_native_bf16
+
+    return cpu_has_native_bf16()
+
+
+def _recipe_trainer_class():
+    from sentence_transformers import SentenceTransformerTrainer
+
+    class _RecipeTrainer(SentenceTransformerTrainer):
+        """SentenceTransformerTrainer that counts the tokens it trains on and, with a time budget, schedules the
+        learning rate by the training clock."""
+
+        def __init__(self, *args, clock: TrainingClock, warmup: float, **kwargs):
+            super().__init__(*args, **kwargs)
+            self.clock, self.warmup = clock, warmup
+            self.tokens = {"real": 0, "padded": 0}
+            self.steps_this_run = 0
+            self.step_log = []
+
+        def create_scheduler(self, num_training_steps, optimizer=None):
+            if self.clock.budget is None:
+                return super().create_scheduler(num_training_steps, optimizer)
+            if self.lr_scheduler is None:
+                optimizer = optimizer or self.optimizer
+                self.lr_scheduler = torch.optim.lr_scheduler.LambdaLR(
+                    optimizer, budget_schedule(self.clock, self.warmup)
+                )
+            return self.lr_scheduler
+
+        def compute_loss(self, model, inputs, *args, **kwargs):
+            if model.training:
+                for key, value in inputs.items():
+                    if key.endswith("attention_mask") and torch.is_tensor(value):
+                        self.tokens["real"] += int(value.sum())
+                        self.tokens["padded"] += value.numel()
+            return super().compute_loss(model, inputs, *args, **kwargs)
+
+        def training_step(self, *args, **kwargs):
+            # one entry per step: when it started and the real tokens trained on so far (steady-state rates)
+            self.steps_this_run += 1
+            self.step_log.append((self.clock.elapsed, self.tokens["real"]))
+            return super().training_step(*args, **kwargs)
+
+        def steady_rates(self) -> dict:
+            """Seconds per step and tokens/s from the second step to the last one started (the first pays for
+            warm-up), or {} with fewer than three steps."""
+            if len(self.step_log) < 3:
+                return {}
+            (t0, n0), (t1, n1) = self.step_log[1], self.step_log[-1]
+            steps = len(self.step_log) - 2
+            return {
+                "seconds_per_step": round((t1 - t0) / steps, 3),
+                "tokens_per_second": round((n1 - n0) / (t1 - t0), 1),
+            }
+
+    return _RecipeTrainer
+
+
+def RecipeTrainer(*args, **kwargs):  # noqa: N802 - a class, built when sentence-transformers is imported
+    return _recipe_trainer_class()(*args, **kwargs)
 
 
 def soup(output_dir: str, checkpoints: list[str], weights: list[float] | None = None) -> Path:
@@ -364,14 +807,9 @@ def spearman(x: np.ndarray, y: np.ndarray) -> float:
     return float(np.corrcoef(ranks(np.asarray(x)), ranks(np.asarray(y)))[0, 1])
 
 
-def evaluate(model_dir: str, sts_file: str, prompt_name: str | None = None, batch_size: int = 32) -> dict[int, float]:
-    """STS Spearman (cosine, x100) at each Matryoshka dim, for our folders and any SentenceTransformer folder."""
-    from sentence_transformers import SentenceTransformer
-
-    model = SentenceTransformer(str(model_dir), device="cpu", trust_remote_code=True)
-    pairs = read_sts(sts_file)
-    if not pairs:
-        raise ValueError(f"{sts_file} has no STS rows (genre, file, year, id, score, sentence1, sentence2).")
+def evaluate_model(model, pairs: list[tuple[str, str, float]], prompt_name: str | None = None, batch_size: int = 32):
+    """{dim: Spearman x100} of the cosine of each pair against its score, at each Matryoshka dim, for a loaded
+    SentenceTransformer."""
     if prompt_name is not None and prompt_name not in model.prompts:
         raise ValueError(f"Unknown --prompt-name {prompt_name!r}; this model knows {sorted(model.prompts)}.")
     texts = sorted({t for a, b, _ in pairs for t in (a, b)})
@@ -381,13 +819,48 @@ def evaluate(model_dir: str, sts_file: str, prompt_name: str | None = None, batc
     full = model.get_sentence_embedding_dimension()
     config = getattr(getattr(model[0], "auto_model", None), "config", None)
     dims = list(getattr(config, "matryoshka_dims", None) or [full] + [d for d in (512, 256, 128) if d < full])
+    scores = np.array([s for _, _, s in pairs])
     results = {}
     for dim in dims:
         a = np.stack([vectors[x][:dim] for x, _, _ in pairs])
         b = np.stack([vectors[y][:dim] for _, y, _ in pairs])
         cosine = (a * b).sum(-1) / (np.linalg.norm(a, axis=-1) * np.linalg.norm(b, axis=-1))
-        results[dim] = 100 * spearman(cosine, np.array([s for _, _, s in pairs]))
+        results[dim] = 100 * spearman(cosine, scores)
     return results
+
+
+def evaluate(
+    model_dir: str, sts_file: str, prompt_name: str | None = None, batch_size: int = 32, model=None
+) -> dict[int, float]:
+    """STS Spearman (cosine, x100) at each Matryoshka dim on an STS-B or SICK file (told apart by SICK's header),
+    for our folders and any SentenceTransformer folder."""
+    from sentence_transformers import SentenceTransformer
+
+    pairs = read_sts(sts_file)
+    if not pairs:
+        raise ValueError(
+            f"{sts_file} has no STS-B rows (genre, file, year, id, score, sentence1, sentence2) or SICK rows "
+            "(a pair_ID, sentence_A, sentence_B, relatedness_score header)."
+        )
+    model = model or SentenceTransformer(str(model_dir), device="cpu", trust_remote_code=True)
+    return evaluate_model(model, pairs, prompt_name, batch_size)
+
+
+def check_held_out(run_dirs: list[str], held_out: list[str]) -> int:
+    """How many texts the runs trained on (their trained_texts.txt) are in the held-out files; raises if any."""
+    keys = held_out_texts(held_out)
+    if not keys:
+        raise ValueError(f"{', '.join(held_out)}: no STS-B or SICK pairs to hold out.")
+    trained = set()
+    for run in run_dirs:
+        listing = Path(run) / "trained_texts.txt"
+        if not listing.is_file():
+            raise FileNotFoundError(f"{listing} does not exist: is {run} a `train` OUTPUT_DIR?")
+        trained |= {line for line in listing.read_text(encoding="utf-8").splitlines() if line}
+    leaked = sorted(trained & keys)
+    if leaked:
+        raise ValueError(f"{len(leaked)} held-out texts were trained on, e.g. {leaked[:3]}.")
+    return len(trained)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -396,20 +869,63 @@ def main(argv: list[str] | None = None) -> int:
     t = commands.add_parser("train", help="fine-tune with the recipe")
     t.add_argument("model_dir")
     t.add_argument("output_dir")
-    t.add_argument("--data", action="append", required=True, help="sick:PATH, stsb:PATH or a .jsonl/.csv/.parquet file")
+    t.add_argument(
+        "--data",
+        action="append",
+        required=True,
+        help="sick:PATH, stsb:PATH (pairs), texts:PATH (every sentence of an STS-B/SICK file, for distillation) "
+        "or a .jsonl/.csv/.parquet file of anchor,positive[,negative] rows",
+    )
     t.add_argument("--teacher", help="teacher embedding model folder (SentenceTransformer-loadable)")
+    t.add_argument("--teacher-dtype", default="float32", choices=("float32", "bfloat16"))
     for name, default in (("nce", 1.0), ("gor", 1.0), ("distill", 1.0)):
         t.add_argument(f"--{name}-weight", type=float, default=default)
-    t.add_argument("--max-steps", type=int, default=100)
+    t.add_argument("--max-steps", type=int, help="plan and stop by steps (default 100 without --max-minutes)")
+    t.add_argument("--max-minutes", type=float, help="plan and stop by training wall-clock minutes")
     t.add_argument("--batch-size", type=int, default=32)
     t.add_argument("--learning-rate", type=float, default=2e-5)
+    t.add_argument("--warmup", type=float, default=0.1, help="warm-up, a fraction of the steps or minutes")
     t.add_argument("--query-prompt", default="query", help="prompt name for anchors ('none' for none)")
     t.add_argument("--document-prompt", default="document", help="prompt name for positives/negatives")
+    t.add_argument(
+        "--fit-head",
+        type=int,
+        nargs="?",
+        const=4096,
+        default=0,
+        metavar="TEXTS",
+        help="first fit the head by least squares to the teacher's embeddings of TEXTS anchors (default 4096)",
+    )
+    t.add_argument("--held-out", action="append", help="STS-B/SICK file whose texts are never trained on")
+    t.add_argument("--eval-sts-file", help="STS-B/SICK file evaluated during training (learning_curve.jsonl)")
+    t.add_argument("--eval-prompt-name", default="STS")
+    t.add_argument("--eval-every-minutes", type=float, help="evaluate every N training minutes (and at the end)")
+    t.add_argument("--curve-offset-minutes", type=float, default=0.0, help="training minutes of earlier stages")
     t.add_argument("--save-steps", type=int, default=50)
     t.add_argument("--resume", action="store_true", help="continue from the last checkpoint in OUTPUT_DIR")
-    t.add_argument("--no-gradient-checkpointing", dest="gradient_checkpointing", action="store_false")
     t.add_argument(
-        "--bf16", action="store_true", default=None, help="bfloat16 mixed precision (default: on GPUs with bf16)"
+        "--gradient-checkpointing",
+        action=argparse.BooleanOptionalAction,
+        default=False,
+        help="recompute activations in the backward pass (less memory, ~1/3 more compute; default off)",
+    )
+    t.add_argument(
+        "--train-embeddings",
+        dest="freeze_embeddings",
+        action="store_false",
+        help="also train the token-embedding matrix (frozen by default: 262k x hidden parameters)",
+    )
+    t.add_argument(
+        "--group-by-length",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="batches of similar length, no text repeated in a batch (default on; off: random no-duplicate batches)",
+    )
+    t.add_argument(
+        "--bf16",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="bfloat16 mixed precision (default: on GPUs with bf16 and CPUs with AVX512_BF16/AMX)",
     )
     t.add_argument("--cache-dir", help="teacher-embedding cache (default OUTPUT_DIR/teacher-cache)")
     t.add_argument("--seed", type=int, default=0)
@@ -417,10 +933,14 @@ def main(argv: list[str] | None = None) -> int:
     s.add_argument("output_dir")
     s.add_argument("checkpoints", nargs="+")
     s.add_argument("--weights", type=lambda v: [float(w) for w in v.split(",")])
-    e = commands.add_parser("evaluate", help="STS Spearman at each Matryoshka dim")
+    e = commands.add_parser("evaluate", help="STS-B and SICK-R Spearman at each Matryoshka dim")
     e.add_argument("model_dir")
-    e.add_argument("--sts-file", required=True)
+    e.add_argument("--sts-file", help="STS-B (or SICK, detected by its header) file: 'dim D spearman X' lines")
+    e.add_argument("--sick-file", help="SICK file: 'sick-r dim D spearman X' lines, printed before STS-B's")
     e.add_argument("--prompt-name")
+    c = commands.add_parser("check-held-out", help="fail if a run trained on a held-out text")
+    c.add_argument("run_dirs", nargs="+")
+    c.add_argument("--held-out", action="append", required=True)
     args = parser.parse_args(argv)
     try:
         if args.command == "train":
@@ -433,12 +953,23 @@ def main(argv: list[str] | None = None) -> int:
                 gor_weight=args.gor_weight,
                 distill_weight=args.distill_weight,
                 max_steps=args.max_steps,
+                max_minutes=args.max_minutes,
                 batch_size=args.batch_size,
                 learning_rate=args.learning_rate,
+                warmup=args.warmup,
                 query_prompt=None if args.query_prompt == "none" else args.query_prompt,
                 document_prompt=None if args.document_prompt == "none" else args.document_prompt,
                 bf16=args.bf16,
                 gradient_checkpointing=args.gradient_checkpointing,
+                freeze_embeddings=args.freeze_embeddings,
+                group_by_length=args.group_by_length,
+                fit_head_texts=args.fit_head,
+                held_out=args.held_out,
+                eval_sts_file=args.eval_sts_file,
+                eval_prompt_name=args.eval_prompt_name,
+                eval_every_minutes=args.eval_every_minutes,
+                curve_offset_minutes=args.curve_offset_minutes,
+                teacher_dtype=args.teacher_dtype,
                 save_steps=args.save_steps,
                 resume=args.resume,
                 seed=args.seed,
@@ -447,9 +978,19 @@ def main(argv: list[str] | None = None) -> int:
             print(f"Wrote {final}")
         elif args.command == "soup":
             print(f"Wrote {soup(args.output_dir, args.checkpoints, args.weights)}")
+        elif args.command == "check-held-out":
+            count = check_held_out(args.run_dirs, args.held_out)
+            print(f"held-out check passed: none of the {count} trained texts is in {', '.join(args.held_out)}")
         else:
-            for dim, score in evaluate(args.model_dir, args.sts_file, args.prompt_name).items():
-                print(f"dim {dim} spearman {score:.2f}")
+            if not (args.sts_file or args.sick_file):
+                raise ValueError("evaluate needs --sts-file and/or --sick-file.")
+            from sentence_transformers import SentenceTransformer
+
+            model = SentenceTransformer(str(args.model_dir), device="cpu", trust_remote_code=True)
+            for prefix, path in (("sick-r ", args.sick_file), ("", args.sts_file)):
+                if path:
+                    for dim, score in evaluate(args.model_dir, path, args.prompt_name, model=model).items():
+                        print(f"{prefix}dim {dim} spearman {score:.2f}")
     except (ValueError, FileNotFoundError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

@@ -1,22 +1,70 @@
 #!/usr/bin/env bash
-# The recorded training experiment of docs/training.md: the real Gemma 3 270M decoder (GGUF) converted with an
-# identity head of the teacher's size, trained with the recipe, teacher google/embeddinggemma-300m; STS-B test
-# Spearman before and after at every Matryoshka dim, next to the teacher's. CPU only.
-#   EMBEDDINGGEMMA_REFERENCE=... GEMMA3_DECODER_GGUF=... bash experiments/recipe_gemma3_270m.sh [WORKDIR] [STEPS]
+# The recorded training experiment of docs/training.md: the real Gemma 3 270M decoder (GGUF) made into an embedding
+# model by the recipe in a training budget of MINUTES (default 60) on CPU, teacher google/embeddinggemma-300m.
+#
+#   bash experiments/recipe_gemma3_270m.sh WORKDIR [MINUTES]
+#
+# Stage 1 (3/4 of the budget): the head is fitted by least squares to the teacher's embeddings, then distillation
+# over every distinct sentence of STS-B train+dev and SICK train+trial (each on its own, STS prompt, teacher
+# embeddings cached). Stage 2 (the rest): the full recipe (NCE with hard negatives + spread-out + distillation at
+# every Matryoshka dim) on SICK entailment/contradiction and STS-B (>= 4) pairs. Every text of STS-B test and SICK
+# test is removed from the data, and `check-held-out` verifies the texts trained on afterwards.
+# The budget counts training wall-clock only (the head fit included); conversions, teacher caching and evaluations
+# come on top and each step prints its time. WORKDIR/final is the final model; the last lines are its evaluation
+# (SICK-R test as "sick-r dim D spearman X", then STS-B test as "dim D spearman X", STS prompt).
+# The checkpoints come from EMBEDDINGGEMMA_REFERENCE and GEMMA3_DECODER_GGUF, fetched by
+# ../shared/fixtures/fetch_reference_checkpoints.py when unset.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-WORK=${1:-experiment-output}
-STEPS=${2:-80}  # the recorded run used 80 planned steps and evaluated checkpoint-40
+WORK=${1:?usage: bash experiments/recipe_gemma3_270m.sh WORKDIR [MINUTES]}
+MINUTES=${2:-60}
 DATA=../shared/data
 PY=${PYTHON:-.venv/bin/python}
+STS_TEST=$DATA/stsbenchmark/sts-test.csv
+SICK_TEST=$DATA/sick/SICK_test_annotated.txt
+HELD_OUT=(--held-out "$STS_TEST" --held-out "$SICK_TEST")
+DISTILL_MINUTES=$($PY -c "print(round($MINUTES * 0.75, 2))")
+RECIPE_MINUTES=$($PY -c "print(round($MINUTES - $DISTILL_MINUTES, 2))")
+EVAL_EVERY=$($PY -c "print(min(10.0, $MINUTES / 6))")
 mkdir -p "$WORK"
-t() { local start=$SECONDS; "$@"; echo "[$(( SECONDS - start ))s] $*" >&2; }
+t() { local start=$SECONDS; "$@"; echo "[$((SECONDS - start))s] $1 ${2:-} ${3:-}" >&2; }
 
+if [ -z "${EMBEDDINGGEMMA_REFERENCE:-}" ] || [ -z "${GEMMA3_DECODER_GGUF:-}" ]; then
+    eval "$($PY ../shared/fixtures/fetch_reference_checkpoints.py | grep '^export ')"
+fi
 [ -d "$WORK/teacher" ] || t $PY convert_checkpoint.py --from sentence-transformers "$EMBEDDINGGEMMA_REFERENCE" "$WORK/teacher"
 [ -d "$WORK/student" ] || t $PY convert_checkpoint.py --from gemma3 "$GEMMA3_DECODER_GGUF" "$WORK/student" --embedding-dim 768
-echo "== teacher";  t $PY train_embeddinggemma.py evaluate "$WORK/teacher" --sts-file $DATA/stsbenchmark/sts-test.csv --prompt-name STS
-echo "== student before"; t $PY train_embeddinggemma.py evaluate "$WORK/student" --sts-file $DATA/stsbenchmark/sts-test.csv --prompt-name STS
-t $PY train_embeddinggemma.py train "$WORK/student" "$WORK/run" --teacher "$WORK/teacher" \
-    --data sick:$DATA/sick/SICK_train.txt --data stsb:$DATA/stsbenchmark/sts-train.csv \
-    --max-steps "$STEPS" --batch-size 16 --learning-rate 5e-5 --save-steps 40
-echo "== student after"; t $PY train_embeddinggemma.py evaluate "$WORK/run/final" --sts-file $DATA/stsbenchmark/sts-test.csv --prompt-name STS
+if [ ! -s "$WORK/teacher-scores.txt" ]; then
+    t $PY train_embeddinggemma.py evaluate "$WORK/teacher" --sick-file "$SICK_TEST" --sts-file "$STS_TEST" \
+        --prompt-name STS > "$WORK/teacher-scores.txt"
+fi
+echo "== teacher"; cat "$WORK/teacher-scores.txt"
+
+COMMON=(--teacher "$WORK/teacher" --teacher-dtype bfloat16 --cache-dir "$WORK/teacher-cache" "${HELD_OUT[@]}"
+        --eval-sts-file "$STS_TEST" --eval-every-minutes "$EVAL_EVERY" --save-steps 200)
+echo "== stage 1: fitted head, then distillation of single sentences ($DISTILL_MINUTES training minutes)"
+t $PY train_embeddinggemma.py train "$WORK/student" "$WORK/distill" "${COMMON[@]}" \
+    --data "texts:$DATA/stsbenchmark/sts-train.csv" --data "texts:$DATA/stsbenchmark/sts-dev.csv" \
+    --data "texts:$DATA/sick/SICK_train.txt" --data "texts:$DATA/sick/SICK_trial.txt" \
+    --nce-weight 0 --gor-weight 0 --query-prompt STS --fit-head 4096 \
+    --max-minutes "$DISTILL_MINUTES" --batch-size 64 --learning-rate 5e-5 --warmup 0.05 --seed "${SEED:-0}"
+echo "== stage 2: the full recipe on pairs ($RECIPE_MINUTES training minutes)"
+t $PY train_embeddinggemma.py train "$WORK/distill/final" "$WORK/recipe" "${COMMON[@]}" \
+    --data "sick:$DATA/sick/SICK_train.txt" --data "sick:$DATA/sick/SICK_trial.txt" \
+    --data "stsb:$DATA/stsbenchmark/sts-train.csv" --data "stsb:$DATA/stsbenchmark/sts-dev.csv" \
+    --max-minutes "$RECIPE_MINUTES" --curve-offset-minutes "$DISTILL_MINUTES" \
+    --batch-size 32 --learning-rate 5e-5 --warmup 0.05 --seed "${SEED:-0}"
+rm -rf "$WORK/final" && cp -r "$WORK/recipe/final" "$WORK/final"
+$PY train_embeddinggemma.py check-held-out "$WORK/distill" "$WORK/recipe" "${HELD_OUT[@]}"
+$PY -c "
+import json, sys
+seconds = [json.load(open(f'$WORK/{s}/training_summary.json'))['training_seconds'] for s in ('distill', 'recipe')]
+print(f'training wall-clock: {seconds[0]:.0f}s + {seconds[1]:.0f}s = {sum(seconds) / 60:.1f} minutes (budget $MINUTES)')
+"
+TEACHER=$(grep '^dim' "$WORK/teacher-scores.txt" | awk '{printf "%s%s", sep, $4; sep=","}')
+$PY experiments/plot_learning_curve.py "$WORK/distill/learning_curve.jsonl" "$WORK/recipe/learning_curve.jsonl" \
+    --output "$WORK/learning_curve.svg" --teacher "$TEACHER"
+echo "== final model $WORK/final (SICK-R test, then STS-B test; STS prompt)"
+t $PY train_embeddinggemma.py evaluate "$WORK/final" --sick-file "$SICK_TEST" --sts-file "$STS_TEST" \
+    --prompt-name STS > "$WORK/final-scores.txt"
+cat "$WORK/final-scores.txt"

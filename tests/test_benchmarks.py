@@ -81,3 +81,17 @@ def test_bench_ab_compares_two_folders(tiny_converted_dir):
     assert result.returncode == 0, result.stderr[-3000:]
     assert "max abs diff 0.0e+00" in result.stdout  # the same folder twice gives the same embeddings
     assert result.stdout.count("| forward,") == 2
+
+
+def test_bench_training_smoke():
+    result = subprocess.run(
+        [sys.executable, str(REPO / "benchmarks" / "bench_training.py"), "--smoke", "--texts", "96"],
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    rows = [line for line in result.stdout.splitlines() if line.startswith("| ") and "configuration" not in line]
+    assert rows[0].startswith("| baseline") and rows[0].endswith("| 1.00x |")
+    assert any(row.startswith("| + batches grouped by length") for row in rows)
+    assert "threads" in result.stdout and ("avx" in result.stdout or "flags unknown" in result.stdout)

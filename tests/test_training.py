@@ -244,3 +244,179 @@ def test_evaluate_prints_one_spearman_per_dim(tiny_converted_dir, tmp_path):
     assert all(len(line.split()) == 4 and line.split()[2] == "spearman" for line in lines)
     assert te.spearman(np.array([1, 2, 3, 4]), np.array([10, 20, 30, 40])) == pytest.approx(1.0)
     assert te.spearman(np.array([1, 2, 2, 4]), np.array([4, 3, 2, 1])) == pytest.approx(-0.9486833, abs=1e-6)
+
+
+def write_sick(path, pairs):
+    """A SICK-format file (header, tab-separated) of (sentence_A, sentence_B, relatedness, judgment) rows."""
+    lines = ["pair_ID\tsentence_A\tsentence_B\trelatedness_score\tentailment_judgment"]
+    lines += [f"{i}\t{a}\t{b}\t{score}\t{label}" for i, (a, b, score, label) in enumerate(pairs, 1)]
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def write_sts(path, pairs):
+    path.write_text("\n".join(f"g\tf\t2012\t{i:04d}\t{s:.3f}\t{a}\t{b}" for i, (a, b, s) in enumerate(pairs)) + "\n")
+    return path
+
+
+def test_held_out_texts_are_removed_listed_and_checked(tmp_path):
+    sick = write_sick(
+        tmp_path / "SICK_train.txt",
+        [("A man plays", "A man is playing", 4.5, "ENTAILMENT"), ("A dog runs", "A cat  sleeps", 1.2, "NEUTRAL")],
+    )
+    test = write_sts(tmp_path / "sts-test.csv", [("a CAT sleeps", "something else", 2.0)])
+    assert te.is_sick(sick) and not te.is_sick(test)
+    assert te.read_sts(sick) == [("A man plays", "A man is playing", 4.5), ("A dog runs", "A cat  sleeps", 1.2)]
+    rows = te.load_data([f"texts:{sick}"])
+    assert [r["anchor"] for r in rows] == ["A man plays", "A man is playing", "A dog runs", "A cat  sleeps"]
+    kept, dropped = te.drop_held_out(rows, te.held_out_texts([test]))  # case and spacing do not hide a text
+    assert dropped == 1 and "A cat  sleeps" not in [r["anchor"] for r in kept]
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "trained_texts.txt").write_text("\n".join(te.trained_texts(rows)) + "\n")
+    with pytest.raises(ValueError, match="1 held-out texts were trained on"):
+        te.check_held_out([str(run)], [str(test)])
+    (run / "trained_texts.txt").write_text("\n".join(te.trained_texts(kept)) + "\n")
+    assert te.check_held_out([str(run)], [str(test)]) == 3
+    command = [sys.executable, str(REPO / "train_embeddinggemma.py"), "check-held-out", str(run), "--held-out"]
+    assert subprocess.run(command + [str(test)], capture_output=True, timeout=120).returncode == 0
+    (run / "trained_texts.txt").write_text("a cat sleeps\n")
+    failed = subprocess.run(command + [str(test)], capture_output=True, text=True, timeout=120)
+    assert failed.returncode == 2 and "held-out texts were trained on" in failed.stderr
+
+
+def test_length_grouped_batches_are_full_distinct_and_of_similar_length():
+    from datasets import Dataset
+
+    rng = np.random.default_rng(0)
+    texts = [" ".join(["word"] * int(n)) + f" {i}" for i, n in enumerate(rng.integers(1, 60, size=300))]
+    rows = {"anchor": texts, "positive": [t.upper() for t in texts]}
+    rows["anchor"][5] = rows["anchor"][6]  # a repeated text must not share a batch with its twin
+    sampler = te.LengthGroupedBatchSampler(Dataset.from_dict(rows), batch_size=16, seed=3, group=4)
+    batches = list(sampler)
+    assert len(batches) == len(sampler) == 300 // 16 and all(len(b) == 16 for b in batches)
+    flat = [i for b in batches for i in b]
+    assert len(set(flat)) == len(flat)
+    assert all(len({rows["anchor"][i] for i in b}) == 16 for b in batches)
+    spread = np.mean([np.ptp([sampler.lengths[i] for i in b]) for b in batches])
+    random_spread = np.mean([np.ptp([sampler.lengths[i] for i in b]) for b in np.array_split(rng.permutation(300), 18)])
+    assert spread < random_spread / 3
+    assert list(sampler) == batches  # the same epoch gives the same batches
+    sampler.set_epoch(1)
+    assert list(sampler) != batches
+
+
+def test_fit_head_is_the_least_squares_map(student, tmp_path):
+    from sentence_transformers import SentenceTransformer
+
+    model = SentenceTransformer(str(student), device="cpu", trust_remote_code=True)
+    texts = [f"{s} is {a} {n}" for s in SUBJECTS for a in ACTIONS for n in ("today", "now", "again", "")] * 2
+    texts = texts[:96]
+    targets = F.normalize(torch.randn(len(texts), 48, generator=torch.Generator().manual_seed(0)), dim=-1).numpy()
+    figures = te.fit_head(model, texts, targets, prompt="task: x | query: ", ridge=0.0)
+    states = te.pooled_states(model, texts, "task: x | query: ").double().numpy()
+    solution = np.linalg.lstsq(states, targets.astype(np.float64), rcond=None)[0]  # (hidden, dim)
+    expected = F.normalize(torch.from_numpy(states @ solution), dim=-1)
+    model.eval()
+    with torch.no_grad():
+        got = model.encode(texts, prompt="task: x | query: ", convert_to_tensor=True, normalize_embeddings=False)
+    assert torch.allclose(got.double(), expected, atol=2e-4), (got.double() - expected).abs().max()
+    assert figures["mean_cosine"] == pytest.approx(
+        float((expected * torch.from_numpy(targets)).sum(-1).mean()), abs=1e-4
+    )
+    first, second = model[0].auto_model.dense
+    assert float(first.weight.detach().norm()) == pytest.approx(
+        float(second.weight.detach().norm()), rel=1e-4
+    )  # balanced factors, not tiny ones
+
+
+def test_budget_schedule_warms_up_and_decays_with_time():
+    clock = te.TrainingClock(budget_minutes=1.0)
+    factor = te.budget_schedule(clock, warmup=0.1)
+    values = []
+    for seconds in (0.0, 3.0, 6.0, 33.0, 60.0, 90.0):
+        clock._elapsed = seconds
+        values.append(factor(0))
+    assert values == pytest.approx([1e-3, 0.5, 1.0, 0.5, 0.0, 0.0])
+    assert clock.out_of_time() and not te.TrainingClock(None).out_of_time()
+
+
+def test_max_minutes_stops_on_time_with_a_checkpoint_a_model_and_a_curve(student, tiny_converted_dir, tmp_path):
+    sts = write_sts(
+        tmp_path / "sts-test.csv", [(f"a man is {a}", f"a man was {a}", float(i)) for i, a in enumerate(ACTIONS)]
+    )
+    rows = TOY_ROWS + [{"anchor": "a man is playing guitar"}]  # a held-out text: its row is dropped
+    final = te.train(
+        str(student),
+        str(tmp_path / "run"),
+        rows,
+        teacher=str(tiny_converted_dir),
+        nce_weight=0.0,
+        gor_weight=0.0,
+        max_minutes=0.15,
+        batch_size=8,
+        learning_rate=1e-3,
+        save_steps=10**6,
+        fit_head_texts=16,
+        held_out=[str(sts)],
+        eval_sts_file=str(sts),
+        eval_every_minutes=0.05,
+        cache_dir=str(tmp_path / "cache"),
+    )
+    run = tmp_path / "run"
+    summary = json.loads((run / "training_summary.json").read_text())
+    # on time: no step starts once the 9 s are spent, and the run does not stop before
+    assert summary["last_step_started_at"] < summary["budget_seconds"] == 9.0 <= summary["training_seconds"]
+    assert summary["steps"] >= 1 and (final / "model.safetensors").is_file()
+    checkpoint = run / f"checkpoint-{summary['steps']}"
+    assert json.loads((checkpoint / "budget.json").read_text())["elapsed_seconds"] >= 9
+    curve = [json.loads(line) for line in (run / "learning_curve.jsonl").read_text().splitlines()]
+    assert curve[0]["step"] == 0 and curve[-1]["step"] == summary["steps"] and len(curve) >= 2
+    assert [c["minutes"] for c in curve] == sorted(c["minutes"] for c in curve)
+    assert set(curve[0]["spearman"]) == {"48", "32", "16"}
+    assert "a man is playing guitar" not in (run / "trained_texts.txt").read_text()
+    with pytest.raises(ValueError, match="--nce-weight 0"):
+        te.train(str(student), str(tmp_path / "nce"), [{"anchor": "x"}], teacher=str(tiny_converted_dir))
+
+
+def test_evaluate_reads_sick_and_prints_it_before_sts(tiny_converted_dir, tmp_path):
+    words = ["guitar", "red", "dog", "planet", "music", "river"]
+    pairs = [(f"a man plays {' '.join(words[: i % 6])}", "a man plays", float(i % 5) + 1) for i in range(20)]
+    sick = write_sick(tmp_path / "SICK_test.txt", [(a, b, s, "NEUTRAL") for a, b, s in pairs])
+    sts = write_sts(tmp_path / "sts-test.csv", pairs)
+    assert te.evaluate(str(tiny_converted_dir), str(sick)) == pytest.approx(
+        te.evaluate(str(tiny_converted_dir), str(sts))
+    )
+    result = subprocess.run(
+        [sys.executable, str(REPO / "train_embeddinggemma.py"), "evaluate", str(tiny_converted_dir)]
+        + ["--sick-file", str(sick), "--sts-file", str(sts), "--prompt-name", "STS"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    lines = result.stdout.strip().splitlines()
+    assert [line.split()[:2] for line in lines[:3]] == [["sick-r", "dim"]] * 3
+    assert [line.split()[:2] for line in lines[3:]] == [["dim", "48"], ["dim", "32"], ["dim", "16"]]
+
+
+def test_plot_learning_curve_writes_a_small_svg_and_a_table(tmp_path):
+    first, second = tmp_path / "a.jsonl", tmp_path / "b.jsonl"
+    first.write_text(
+        json.dumps({"minutes": 0.0, "step": 0, "spearman": {"768": 40.0, "128": 38.0}})
+        + "\n"
+        + json.dumps({"minutes": 15.0, "step": 90, "spearman": {"768": 60.0, "128": 57.0}})
+        + "\n"
+    )
+    second.write_text(json.dumps({"minutes": 15.0, "step": 0, "spearman": {"768": 60.5, "128": 57.0}}) + "\n")
+    result = subprocess.run(
+        [sys.executable, str(REPO / "experiments" / "plot_learning_curve.py"), str(first), str(second)]
+        + ["--output", str(tmp_path / "curve.svg"), "--teacher", "88.12,87.85"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "| 15.0 | 0 | 60.50 | 57.00 |" in result.stdout and "| 0.0 | 0 | 40.00 | 38.00 |" in result.stdout
+    svg = (tmp_path / "curve.svg").read_text()
+    assert svg.startswith("<svg") and svg.count("<polyline") == 2 and len(svg) < 20_000

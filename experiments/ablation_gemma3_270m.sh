@@ -1,0 +1,67 @@
+#!/usr/bin/env bash
+# The ablation of docs/training.md at equal training budget (MINUTES each, default 4), from the same converted Gemma 3
+# 270M student and teacher as experiments/recipe_gemma3_270m.sh WORKDIR (run that first, or at least its
+# conversions): distillation only (single sentences), NCE with hard negatives only (pairs), and the full recipe
+# (NCE + spread-out + distillation, pairs), each with the converter's identity head and with the head fitted by least
+# squares; then the full recipe with the fitted head again with seed 1, and the soup (uniform average) of the two
+# seeds. STS-B and SICK test texts are held out as in the recorded run. Prints one Markdown table row per model
+# (STS-B test Spearman, STS prompt, at each Matryoshka dim).
+#
+#   [ARMS="distill-fitted-head nce-fitted-head ..."] bash experiments/ablation_gemma3_270m.sh WORKDIR [MINUTES]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+WORK=${1:?usage: bash experiments/ablation_gemma3_270m.sh WORKDIR [MINUTES]}
+MINUTES=${2:-4}
+DATA=../shared/data
+PY=${PYTHON:-.venv/bin/python}
+STS_TEST=$DATA/stsbenchmark/sts-test.csv
+OUT=$WORK/ablation
+mkdir -p "$OUT"
+for folder in teacher student; do
+    [ -d "$WORK/$folder" ] || { echo "error: $WORK/$folder is missing: run experiments/recipe_gemma3_270m.sh $WORK first" >&2; exit 2; }
+done
+COMMON=(--teacher "$WORK/teacher" --teacher-dtype bfloat16 --cache-dir "$WORK/teacher-cache"
+        --held-out "$STS_TEST" --held-out "$DATA/sick/SICK_test_annotated.txt"
+        --max-minutes "$MINUTES" --warmup 0.05 --save-steps 100000)
+TEXTS=(--data "texts:$DATA/stsbenchmark/sts-train.csv" --data "texts:$DATA/stsbenchmark/sts-dev.csv"
+       --data "texts:$DATA/sick/SICK_train.txt" --data "texts:$DATA/sick/SICK_trial.txt"
+       --nce-weight 0 --gor-weight 0 --query-prompt STS --batch-size 64 --learning-rate 5e-5)
+PAIRS=(--data "sick:$DATA/sick/SICK_train.txt" --data "sick:$DATA/sick/SICK_trial.txt"
+       --data "stsb:$DATA/stsbenchmark/sts-train.csv" --data "stsb:$DATA/stsbenchmark/sts-dev.csv"
+       --batch-size 32 --learning-rate 5e-5)
+
+ARMS=${ARMS:-distill-identity-head distill-fitted-head nce-identity-head nce-fitted-head full-identity-head full-fitted-head full-fitted-head-seed1 soup}
+arm() {  # NAME ARGS...: train from the student, evaluate, print a table row (only the arms named in $ARMS)
+    local name=$1; shift
+    [[ " $ARMS " == *" $name "* ]] || return 0
+    local start=$SECONDS
+    if [ ! -s "$OUT/$name.scores" ]; then
+        rm -rf "${OUT:?}/$name"
+        $PY train_embeddinggemma.py train "$WORK/student" "$OUT/$name" "${COMMON[@]}" "$@" > "$OUT/$name.log" 2>&1
+        $PY train_embeddinggemma.py evaluate "$OUT/$name/final" --sts-file "$STS_TEST" --prompt-name STS > "$OUT/$name.scores"
+    fi
+    row "$name" "$OUT/$name.scores"
+    echo "[$((SECONDS - start))s] $name" >&2
+}
+row() {
+    local steps
+    steps=$($PY -c "import json; print(json.load(open('$OUT/$1/training_summary.json'))['steps'])" 2>/dev/null || echo -)
+    echo "| $1 | $steps | $(awk '{printf "%s | ", $4}' "$2")"
+}
+
+echo "| arm ($MINUTES training minutes each) | steps | 768 | 512 | 256 | 128 |"
+echo "|---|---|---|---|---|---|"
+arm distill-identity-head "${TEXTS[@]}"
+arm distill-fitted-head "${TEXTS[@]}" --fit-head 1024
+arm nce-identity-head "${PAIRS[@]}" --distill-weight 0 --gor-weight 0
+arm nce-fitted-head "${PAIRS[@]}" --distill-weight 0 --gor-weight 0 --fit-head 1024
+arm full-identity-head "${PAIRS[@]}"
+arm full-fitted-head "${PAIRS[@]}" --fit-head 1024
+arm full-fitted-head-seed1 "${PAIRS[@]}" --fit-head 1024 --seed 1
+[[ " $ARMS " == *" soup "* ]] || exit 0
+if [ ! -s "$OUT/soup.scores" ]; then
+    rm -rf "$OUT/soup"
+    $PY train_embeddinggemma.py soup "$OUT/soup" "$OUT/full-fitted-head/final" "$OUT/full-fitted-head-seed1/final" > /dev/null
+    $PY train_embeddinggemma.py evaluate "$OUT/soup" --sts-file "$STS_TEST" --prompt-name STS > "$OUT/soup.scores"
+fi
+echo "| soup of the two seeds | - | $(awk '{printf "%s | ", $4}' "$OUT/soup.scores")"
