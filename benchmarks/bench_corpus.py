@@ -9,8 +9,10 @@ include fixed costs that shrink with the corpus size.
 """
 
 import argparse
+import atexit
 import json
 import os
+import shutil
 import sys
 import tempfile
 import time
@@ -48,6 +50,7 @@ def main() -> int:
     parser.add_argument("--smoke", action="store_true", help="tiny model, 40 docs, no Ray: checks the script runs")
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="bench-corpus-"))
+    atexit.register(shutil.rmtree, work, ignore_errors=True)  # models and exports: gigabytes with --reference
     model_dir = args.model
     if args.smoke or not model_dir:
         from convert_checkpoint import convert

@@ -16,9 +16,11 @@ each int8 variant.
 """
 
 import argparse
+import atexit
 import json
 import os
 import resource
+import shutil
 import statistics
 import subprocess
 import sys
@@ -251,6 +253,7 @@ def prepare(args) -> dict:
     from convert_checkpoint import convert
 
     work = Path(tempfile.mkdtemp(prefix="bench-inference-"))
+    atexit.register(shutil.rmtree, work, ignore_errors=True)  # models and exports: gigabytes with --reference
     source = None if args.smoke else args.reference
     if not source:
         from testing_embeddinggemma import build_tiny_sentence_transformer

@@ -17,6 +17,7 @@ configuration with 1 thread instead of all cores.
 
 import argparse
 import json
+import shutil
 import sys
 import tempfile
 from pathlib import Path
@@ -89,6 +90,7 @@ def run(student, teacher, rows, settings, steps, batch_size, cache, workdir, thr
             **settings,
         )
         summary = json.loads((output / "training_summary.json").read_text())["this_run"]
+        shutil.rmtree(output)  # a full model per configuration: ~1 GB each for the 270M student
         return {
             **summary["steady"],
             "padding": 1 - summary["tokens"] / max(summary["padded_tokens"], 1),
