@@ -17,13 +17,13 @@ COLOURS = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728"]
 
 
 def read_curve(paths: list[str]) -> list[dict]:
-    """The records of every file, by training minutes; a stage's first record repeats the previous stage's last
-    model, so records at the same minute keep the later one."""
+    """The records of every file, by training minutes; a later stage's step-0 record evaluates the model the stage
+    before ended with, so it is left out."""
     records = {}
-    for path in paths:
+    for number, path in enumerate(paths):
         for line in Path(path).read_text(encoding="utf-8").splitlines():
-            if line.strip():
-                record = json.loads(line)
+            record = json.loads(line) if line.strip() else None
+            if record and not (number and record["step"] == 0):
                 records[record["minutes"]] = record
     if not records:
         raise ValueError(f"No evaluation records in {', '.join(paths)}.")

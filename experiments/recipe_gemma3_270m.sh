@@ -24,7 +24,6 @@ STS_TEST=$DATA/stsbenchmark/sts-test.csv
 SICK_TEST=$DATA/sick/SICK_test_annotated.txt
 HELD_OUT=(--held-out "$STS_TEST" --held-out "$SICK_TEST")
 DISTILL_MINUTES=$($PY -c "print(round($MINUTES * 0.75, 2))")
-RECIPE_MINUTES=$($PY -c "print(round($MINUTES - $DISTILL_MINUTES, 2))")
 EVAL_EVERY=$($PY -c "print(min(10.0, $MINUTES / 6))")
 mkdir -p "$WORK"
 t() { local start=$SECONDS; "$@"; echo "[$((SECONDS - start))s] $1 ${2:-} ${3:-}" >&2; }
@@ -48,6 +47,11 @@ t $PY train_embeddinggemma.py train "$WORK/student" "$WORK/distill" "${COMMON[@]
     --data "texts:$DATA/sick/SICK_train.txt" --data "texts:$DATA/sick/SICK_trial.txt" \
     --nce-weight 0 --gor-weight 0 --query-prompt STS --fit-head 4096 \
     --max-minutes "$DISTILL_MINUTES" --batch-size 64 --learning-rate 5e-5 --warmup 0.05 --seed "${SEED:-0}"
+# stage 2 gets what stage 1 left of the budget (a stage stops at the end of the step in progress when its time is up)
+read -r DISTILL_MINUTES RECIPE_MINUTES < <($PY -c "
+import json
+spent = json.load(open('$WORK/distill/training_summary.json'))['training_seconds'] / 60
+print(round(spent, 3), round($MINUTES - spent, 3))")
 echo "== stage 2: the full recipe on pairs ($RECIPE_MINUTES training minutes)"
 t $PY train_embeddinggemma.py train "$WORK/distill/final" "$WORK/recipe" "${COMMON[@]}" \
     --data "sick:$DATA/sick/SICK_train.txt" --data "sick:$DATA/sick/SICK_trial.txt" \

@@ -408,7 +408,12 @@ def test_plot_learning_curve_writes_a_small_svg_and_a_table(tmp_path):
         + json.dumps({"minutes": 15.0, "step": 90, "spearman": {"768": 60.0, "128": 57.0}})
         + "\n"
     )
-    second.write_text(json.dumps({"minutes": 15.0, "step": 0, "spearman": {"768": 60.5, "128": 57.0}}) + "\n")
+    second.write_text(
+        json.dumps({"minutes": 15.01, "step": 0, "spearman": {"768": 60.5, "128": 57.0}})
+        + "\n"
+        + json.dumps({"minutes": 20.0, "step": 30, "spearman": {"768": 61.0, "128": 58.0}})
+        + "\n"
+    )
     result = subprocess.run(
         [sys.executable, str(REPO / "experiments" / "plot_learning_curve.py"), str(first), str(second)]
         + ["--output", str(tmp_path / "curve.svg"), "--teacher", "88.12,87.85"],
@@ -417,6 +422,7 @@ def test_plot_learning_curve_writes_a_small_svg_and_a_table(tmp_path):
         timeout=60,
     )
     assert result.returncode == 0, result.stderr
-    assert "| 15.0 | 0 | 60.50 | 57.00 |" in result.stdout and "| 0.0 | 0 | 40.00 | 38.00 |" in result.stdout
+    assert "| 15.0 | 90 | 60.00 | 57.00 |" in result.stdout and "| 0.0 | 0 | 40.00 | 38.00 |" in result.stdout
+    assert "60.50" not in result.stdout  # the second stage's start repeats the first stage's end
     svg = (tmp_path / "curve.svg").read_text()
     assert svg.startswith("<svg") and svg.count("<polyline") == 2 and len(svg) < 20_000
