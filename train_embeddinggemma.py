@@ -673,7 +673,7 @@ def train(
                 "steps": trainer.state.global_step,
                 "training_seconds": round(clock.elapsed, 1),
                 "budget_seconds": clock.budget,
-                "last_step_started_at": round(trainer.step_log[-1][0], 1) if trainer.step_log else None,
+                "last_step_started_at": round(trainer.step_log[-1][0], 3) if trainer.step_log else None,
                 "this_run": {
                     "seconds": round(seconds, 1),
                     "optimizer_steps": trainer.steps_this_run,
