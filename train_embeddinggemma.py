@@ -676,8 +676,8 @@ def train(
                 "last_step_started_at": round(trainer.step_log[-1][0], 3) if trainer.step_log else None,
                 "this_run": {
                     "seconds": round(seconds, 1),
-                    "optimizer_steps": trainer.steps_this_run,
-                    "seconds_per_step": round(seconds / max(trainer.steps_this_run, 1), 3),
+                    "optimizer_steps": len(trainer.step_log),
+                    "seconds_per_step": round(seconds / max(len(trainer.step_log), 1), 3),
                     "tokens": tokens["real"],
                     "padded_tokens": tokens["padded"],
                     "tokens_per_second": round(tokens["real"] / max(seconds, 1e-9), 1),
@@ -721,7 +721,6 @@ def _recipe_trainer_class():
             super().__init__(*args, **kwargs)
             self.clock, self.warmup = clock, warmup
             self.tokens = {"real": 0, "padded": 0}
-            self.steps_this_run = 0
             self.step_log = []
 
         def create_scheduler(self, num_training_steps, optimizer=None):
@@ -744,7 +743,6 @@ def _recipe_trainer_class():
 
         def training_step(self, *args, **kwargs):
             # one entry per step: when it started and the real tokens trained on so far (steady-state rates)
-            self.steps_this_run += 1
             self.step_log.append((self.clock.elapsed, self.tokens["real"]))
             return super().training_step(*args, **kwargs)
 
