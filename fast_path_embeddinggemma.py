@@ -180,6 +180,18 @@ class FastPath:
         self.weights: dict[int, tuple[tuple, torch.Tensor]] = {}
         OptimizerSteps.register()
 
+    def __deepcopy__(self, memo):
+        """A copy of the model gets an empty cache: oneDNN's packed tensors cannot be copied (nor pickled), and the
+        copy's weights are other tensors anyway."""
+        return FastPath()
+
+    def __getstate__(self):
+        return {**self.__dict__, "weights": {}}
+
+    def __setstate__(self, state):
+        self.__dict__.update(state)
+        OptimizerSteps.register()  # an unpickled model in a new process counts optimizer steps too
+
     def __call__(self, encoder, input_ids, padding_mask, inputs_embeds=None):
         """The encoder's layers on the real tokens of the batch: (final hidden states (T, hidden), PackedBatch)."""
         return PackedForward(self, encoder, padding_mask).run(input_ids, inputs_embeds)
@@ -234,8 +246,10 @@ class PackedForward:
         return self.norm(encoder.norm, hidden_states), packed
 
     def linear(self, module: nn.Module, x: torch.Tensor) -> torch.Tensor:
-        """`module(x)` for 2-D x; a float32 `nn.Linear` on the CPU without autograd runs on oneDNN."""
-        if self.onednn and self.fast_path.onednn and type(module) is nn.Linear:
+        """`module(x)` for 2-D x; a float32 `nn.Linear` on the CPU without autograd runs on oneDNN, unless it has hooks
+        (then it is called as a module, so that they see it: int8 calibration, users' own)."""
+        hooked = module._forward_hooks or module._forward_pre_hooks
+        if self.onednn and self.fast_path.onednn and type(module) is nn.Linear and not hooked:
             return self.fast_path.onednn_linear(module, x)
         return module(x)
 

@@ -478,6 +478,13 @@ class EmbeddingGemmaPreTrainedModel(PreTrainedModel):
             quantize_int8(model)
         return (model, info) if wants_info else model
 
+    def quantize(self, mode: str = "int8", **options):
+        """Quantizes this model in place for CPU inference and returns it: `mode="int8"` with the options of
+        `quantize_int8` (`calibration_texts`, `skip`, `rotation`, `rounding`, `smoothing`, `tokenizer`)."""
+        if mode != "int8":
+            raise ValueError(f"quantize mode {mode!r} is not supported; expected 'int8'.")
+        return quantize_int8(self, **options)
+
     def save_pretrained(self, save_directory, *args, **kwargs):
         if any(isinstance(module, Int8Linear) for module in self.modules()):
             raise ValueError(

@@ -1,135 +1,584 @@
 # Copyright 2026 the embeddinggemma authors. Licensed under the Apache License, Version 2.0.
-"""EmbeddingGemma's opt-in CPU int8 inference: per-output-channel int8 weights, per-token int8 activations.
+"""EmbeddingGemma's opt-in CPU int8 inference on oneDNN's int8 products (`torch.ops.onednn.qlinear_*`, the kernels
+torch's own compiler emits for quantized CPU models; not the deprecated quantized tensors).
 
-`EmbeddingGemmaModel.from_pretrained(..., quantize="int8")` or `quantize_int8(model)`. Everything int8 lives here;
-the model file only knows that a quantized attention or MLP computes q/k/v or gate/up in one fused product
-(`qkv_proj`, `gate_up_proj`). See docs/performance.md for the measured speed and agreement.
+`EmbeddingGemmaModel.from_pretrained(..., quantize="int8")`, `model.quantize("int8", ...)` or `quantize_int8(model)`:
+
+1. **Products**: all four of every layer (q/k/v and gate/up each fused into one); weights int8 with one scale per
+   output channel, activations int8 with one scale per token (8 bits where the CPU has VNNI; activations keep 7 on
+   AVX2 without it, whose u8 x s8 pair sums would otherwise saturate).
+2. **Hadamard rotation** of each product's input in blocks of 32, x W^T = (x H)(W H)^T: a token whose energy sits in
+   one channel spreads it over 32, so its per-token scale keeps the other channels' precision. For `o_proj` it is
+   folded into the `v_proj` rows (free); for the other three it is one small product at run time.
+3. **Calibration on real text + GPTQ**: the float model embeds `CALIBRATION_TEXTS` (or yours) with its prompts; each
+   weight is rounded column by column with its error compensated through the Gram matrix of its calibration inputs.
+4. **SmoothQuant** (opt-in, `smoothing=`): scales folded exactly into the layer that makes each input (the RMSNorm
+   weights before q/k/v and gate/up, the `v_proj` rows before `o_proj`, the `up_proj` rows before `down_proj`).
+   Off by default: it made the agreement worse on the real model once the inputs are rotated.
+
+The model file only knows that a quantized attention or MLP computes q/k/v or gate/up in one fused product
+(`qkv_proj`, `gate_up_proj`). docs/performance.md has the measured speed and agreement of each choice.
 """
 
 import functools
+import itertools
+import os
 import warnings
 
 import torch
 from torch import nn
 
 
-# Layers left in float32 by default: the inputs of `down_proj` carry outliers of 40-100x their RMS, so they lose the
-# most to int8 (see docs/performance.md for the measured trade-off of each choice).
-INT8_SKIP_DEFAULT = ("mlp.down_proj",)
+# The products of a layer, each (module, fused name, the linear layers it fuses); all four are quantized by default.
+PRODUCTS = (
+    ("self_attn", "qkv_proj", ("q_proj", "k_proj", "v_proj")),
+    ("self_attn", "o_proj", ("o_proj",)),
+    ("mlp", "gate_up_proj", ("gate_proj", "up_proj")),
+    ("mlp", "down_proj", ("down_proj",)),
+)
+# SmoothQuant's migration strength a: 0 leaves the activations alone, 1 moves all their range into the weights.
+DEFAULT_SMOOTHING = 0.0
+# Block size of the Hadamard rotation of each product's input (0: none).
+DEFAULT_ROTATION = 32
+
+# Real text for calibration, written for this package: queries, passages, code, numbers, lists and other languages,
+# short and long, so that every channel sees the values it takes in use. Each text gets one of the model's prompts.
+CALIBRATION_TEXTS = (
+    "how do I reset my router password",
+    "What is the capital of Australia?",
+    "symptoms of vitamin D deficiency in adults",
+    "best way to store fresh basil",
+    "Which planet has the most moons?",
+    "python sort list of dicts by key",
+    "cheap flights from Lisbon to Berlin in March",
+    "why is the sky blue",
+    "Quelle est la différence entre un crocodile et un alligator ?",
+    "¿Cuántas horas se debe dormir cada noche?",
+    "Wie funktioniert eine Wärmepumpe im Winter?",
+    "東京で一番高いビルはどれですか",
+    "The mitochondrion is the organelle in which most of a cell's ATP is produced by oxidative phosphorylation.",
+    "A heat pump moves heat from a cold place to a warm one, using a refrigerant that evaporates at low pressure "
+    "and condenses at high pressure; its efficiency falls as the temperature difference grows.",
+    "Canberra was chosen as the capital of Australia in 1908 as a compromise between Sydney and Melbourne.",
+    "Basil keeps best at room temperature with its stems in a glass of water, loosely covered with a bag.",
+    "The recipe calls for 250 g of flour, 2 eggs, 120 ml of milk and a pinch of salt; bake at 180 °C for 25 minutes.",
+    "Error: connection refused (errno 111) while contacting 10.0.0.12:5432. Is the server running?",
+    "def mean(values):\n    if not values:\n        raise ValueError('empty')\n    return sum(values) / len(values)",
+    "SELECT customer_id, COUNT(*) AS orders FROM orders WHERE created_at >= '2024-01-01' GROUP BY customer_id;",
+    "for (int i = 0; i < n; ++i) { total += weights[i] * inputs[i]; }",
+    "Revenue grew 12.4% year over year to $3.2 billion, while operating margin narrowed to 18% from 21%.",
+    "1. Preheat the oven. 2. Mix the dry ingredients. 3. Add the eggs one at a time. 4. Bake until golden.",
+    "The patient, a 54-year-old man, presented with chest pain radiating to the left arm and shortness of breath.",
+    "Le Conseil a adopté le règlement après un long débat sur la protection des données personnelles.",
+    "El río Amazonas es el más caudaloso del mundo y atraviesa Perú, Colombia y Brasil.",
+    "Die Bahn kündigte an, die Strecke zwischen Köln und Frankfurt ab Juli zu sanieren.",
+    "富士山は日本で最も高い山で、標高は3776メートルです。",
+    "Москва — столица России и крупнейший по численности населения город страны.",
+    "A man is playing a guitar on a stage.",
+    "Two dogs are running through a field of snow.",
+    "The stock market fell sharply after the announcement.",
+    "A woman is slicing an onion in the kitchen.",
+    "Rain is expected across the north of the country on Thursday, with snow on high ground.",
+    "I loved this phone for the first month, then the battery started dying by noon. Returned it.",
+    "Terrible service: we waited forty minutes and the soup was cold. Never again!!!",
+    "The court held that the contract was void because one party lacked the capacity to consent.",
+    "Photosynthesis converts light energy into chemical energy stored in glucose, releasing oxygen as a by-product.",
+    "In 1969 Apollo 11 landed on the Moon; Neil Armstrong and Buzz Aldrin walked on its surface for about two hours.",
+    "https://example.com/docs/install?version=2.1#linux",
+    "TODO: handle the case where the cache is empty and the upstream service times out (see issue #4821).",
+    "user@example.org wrote: can you send the Q3 report before Friday? thanks",
+    "Temperature: 23.5 °C, humidity: 61 %, pressure: 1013 hPa, wind: 12 km/h NW",
+    "The quick brown fox jumps over the lazy dog.",
+    "Embedding models map text to vectors so that texts with similar meanings lie close together, which makes them "
+    "useful for search, clustering, classification and retrieval-augmented generation. A query and the passages "
+    "that answer it should end up near each other even when they share few words, and unrelated texts should end up "
+    "far apart, close to orthogonal. Training usually contrasts each query with its positive passage and with many "
+    "negatives, some of them hard: passages that look relevant but do not answer the question. Smaller embedding "
+    "dimensions trade a little quality for much less storage, which matters when an index holds billions of vectors.",
+    "The city council met on Tuesday evening to discuss the new cycling plan. Supporters argued that protected lanes "
+    "on the main avenues would reduce accidents and encourage more people to leave their cars at home, while "
+    "shop owners worried that removing parking spaces would drive customers away. After three hours of debate, the "
+    "council agreed to a one-year trial on two streets, with traffic counts and sales figures to be published every "
+    "month. The mayor said the decision would be revisited next spring in light of the results.",
+    (
+        "class LRUCache:\n"
+        "    def __init__(self, capacity):\n"
+        "        self.capacity = capacity\n"
+        "        self.items = {}\n"
+        "\n"
+        "    def get(self, key):\n"
+        "        if key not in self.items:\n"
+        "            return None\n"
+        "        value = self.items.pop(key)\n"
+        "        self.items[key] = value\n"
+        "        return value\n"
+        "\n"
+        "    def put(self, key, value):\n"
+        "        self.items.pop(key, None)\n"
+        "        self.items[key] = value\n"
+        "        if len(self.items) > self.capacity:\n"
+        "            self.items.pop(next(iter(self.items)))"
+    ),
+    "Abstract. We study the convergence of stochastic gradient descent with momentum on non-convex objectives that "
+    "satisfy a Polyak-Lojasiewicz condition. We show that, with a step size decaying as 1/t, the expected "
+    "sub-optimality decreases at rate O(1/t), and we give matching lower bounds. Experiments on image classification "
+    "and language modelling confirm that the predicted rate is observed in practice, and that the momentum term "
+    "mainly reduces the constant rather than the rate.",
+    "Il était une fois, dans un petit village au bord de la mer, une vieille femme qui vendait des coquillages. "
+    "Chaque matin, elle descendait sur la plage avant le lever du soleil, remplissait son panier et remontait "
+    "lentement le chemin de pierre. Les enfants du village la suivaient en riant, et elle leur racontait des "
+    "histoires de marins perdus et de trésors cachés sous le sable.",
+)
+
+
+@functools.lru_cache(maxsize=1)
+def cpu_flags() -> frozenset[str]:
+    try:
+        with open("/proc/cpuinfo") as handle:
+            return frozenset(word for line in handle if line.startswith(("flags", "Features")) for word in line.split())
+    except OSError:
+        return frozenset()
+
+
+def _probe(name: str) -> bool:
+    probe = getattr(torch.cpu, name, None)
+    try:
+        return bool(probe is not None and probe())
+    except Exception:
+        return False
+
+
+def onednn_isa_cap() -> str:
+    """oneDNN's instruction-set cap (ONEDNN_MAX_CPU_ISA or DNNL_MAX_CPU_ISA, e.g. AVX2), upper case; "" when unset.
+    oneDNN then uses no newer instructions than that, and the checks below follow it."""
+    return (os.environ.get("ONEDNN_MAX_CPU_ISA") or os.environ.get("DNNL_MAX_CPU_ISA") or "").upper()
+
+
+# Caps under which oneDNN uses no VNNI / native bfloat16 / AMX instructions.
+_CAPS_WITHOUT_VNNI = {"SSE41", "AVX", "AVX2", "AVX512_CORE"}
+_CAPS_WITHOUT_BF16 = _CAPS_WITHOUT_VNNI | {"AVX2_VNNI", "AVX2_VNNI_2", "AVX512_CORE_VNNI"}
 
 
 @functools.lru_cache(maxsize=1)
 def cpu_has_native_bf16() -> bool:
     """Whether this CPU multiplies bfloat16 natively (x86 AVX512_BF16 or AMX-BF16; Arm BF16). Without it, bfloat16
     products are emulated and run several times slower than float32."""
-    for check in ("_is_avx512_bf16_supported", "_is_amx_tile_supported", "_is_arm_sve_bf16_supported"):
-        probe = getattr(torch.cpu, check, None)
-        try:
-            if probe is not None and probe():
-                return True
-        except Exception:
-            continue
-    try:
-        with open("/proc/cpuinfo") as handle:
-            flags = {word for line in handle if line.startswith(("flags", "Features")) for word in line.split()}
-    except OSError:
+    if onednn_isa_cap() in _CAPS_WITHOUT_BF16:
         return False
-    return bool(flags & {"avx512_bf16", "amx_bf16", "bf16"})
+    probes = ("_is_avx512_bf16_supported", "_is_amx_tile_supported", "_is_arm_sve_bf16_supported")
+    return any(_probe(name) for name in probes) or bool(cpu_flags() & {"avx512_bf16", "amx_bf16", "bf16"})
+
+
+@functools.lru_cache(maxsize=1)
+def cpu_has_amx() -> bool:
+    """Whether this CPU has AMX tiles (Intel Sapphire Rapids and later): there bfloat16 products run as fast as int8
+    ones or faster, closer to float32 (docs/performance.md)."""
+    cap = onednn_isa_cap()
+    if cap and "AMX" not in cap and cap != "ALL":
+        return False
+    return _probe("_is_amx_tile_supported") or "amx_bf16" in cpu_flags()
+
+
+@functools.lru_cache(maxsize=1)
+def cpu_has_vnni() -> bool:
+    """Whether this CPU has VNNI (AVX512_VNNI or AVX_VNNI): u8 x s8 products accumulate in 32 bits, so full-range
+    8-bit codes are safe. Without it (AVX2 alone) oneDNN's pair sums are 16-bit and saturate on them."""
+    if onednn_isa_cap() in _CAPS_WITHOUT_VNNI:
+        return False
+    return _probe("_is_vnni_supported") or bool(cpu_flags() & {"avx512_vnni", "avx_vnni", "amx_int8"})
+
+
+def int8_levels() -> tuple[int, int]:
+    """The largest |int8 code| of (weights, activations). With VNNI, (127, 127). Without it, AVX2 kernels sum u8 x s8
+    pairs in 16 bits and saturate (tests/test_fast_path.py shows it under ONEDNN_MAX_CPU_ISA=AVX2), so activations
+    keep 7 bits: u8 codes up to 127, and 2 x 127 x 127 < 2**15. Weights keep 8: on the real model, 8-bit weights with
+    7-bit activations agree with float32 better than the reverse (docs/performance.md)."""
+    return (127, 127) if cpu_has_vnni() else (127, 63)
+
+
+def int8_products_available() -> str | None:
+    """None if this torch build runs oneDNN int8 products on this CPU, else why not."""
+    if not (hasattr(torch.ops, "onednn") and hasattr(torch.ops.onednn, "qlinear_pointwise")):
+        return f"torch {torch.__version__} has no oneDNN int8 products (torch.ops.onednn.qlinear_pointwise)"
+    if not torch.backends.mkldnn.is_available():
+        return "this torch build has no oneDNN (torch.backends.mkldnn.is_available() is False)"
+    try:
+        Int8Linear(torch.ones(2, 4), None)(torch.ones(1, 4))
+    except RuntimeError as error:
+        return f"oneDNN's int8 product failed on this CPU: {error}"
+    return None
 
 
 class Int8Linear(nn.Module):
-    """A bias-optional `nn.Linear` replacement computing x @ W^T with int8 weights (symmetric, one scale per output
-    channel) and int8 activations quantized per token, on the fbgemm/x86 int8 kernels of torch's CPU build.
+    """x @ W^T (+ bias) with int8 weights (symmetric, one scale per output channel) and int8 activations quantized per
+    token, on oneDNN's int8 product. Not a parameter holder: the packed weight is not saved, trained or moved.
 
-    Per-token activation scales come from a rescaling: each row of x is divided by its max |x| before the kernel's
-    dynamic per-tensor quantization (so every row spans the same range and gets its own effective scale), and the
-    output rows are multiplied back. Weights use 7 bits (|q| <= 63) so that AVX2's u8 x s8 pair sums cannot saturate
-    (2 * 255 * 63 < 2**15) while activations keep all 8 bits.
+    Per-token activation scales: each row of x (rotated in blocks of `rotation` when given) is divided by its max |x|
+    and quantized to u8 around a zero point (oneDNN's fast kernels take u8 activations; the range is symmetric,
+    +-`activation_levels`), and each output row is multiplied back by that max. Weights: integers of scale
+    max |W_row| / `levels`, rounded to nearest or, given the calibration inputs' Gram matrix `gram`, by GPTQ.
     """
 
-    WEIGHT_LEVELS = 63
-
-    def __init__(self, *linears: nn.Linear):
-        """One int8 product for `linears` that read the same input, their outputs concatenated (q/k/v, gate/up)."""
+    def __init__(
+        self,
+        weight: torch.Tensor,
+        bias: torch.Tensor | None,
+        levels: int | None = None,
+        rotation: int = 0,
+        gram: torch.Tensor | None = None,
+        activation_levels: int | None = None,
+    ):
         super().__init__()
-        self.in_features = linears[0].in_features
-        self.out_features = sum(linear.out_features for linear in linears)
-        weight = torch.cat([linear.weight.detach().float().cpu() for linear in linears])
-        scale = (weight.abs().amax(dim=1) / self.WEIGHT_LEVELS).clamp(min=1e-12)
-        biases = [linear.bias for linear in linears]
+        self.out_features, self.in_features = weight.shape
+        default_levels, default_activation_levels = int8_levels()  # this CPU's: safe from saturation
+        self.levels = levels = levels or default_levels
+        self.activation_levels = activation_levels = activation_levels or default_activation_levels
+        self.zero_point = activation_levels + 1  # u8 codes 1 .. 2 * levels + 1
+        self.rotation = rotation
+        weight = weight.detach().float().cpu()
+        if rotation:  # x W^T = (x H)(W H)^T, H orthogonal
+            self._hadamard = hadamard(rotation)
+            weight = rotate(weight, self._hadamard)
+        self.weight_scale = (weight.abs().amax(dim=1) / levels).clamp(min=1e-12)
+        if gram is None:  # round to nearest
+            quantized = (weight / self.weight_scale[:, None]).round_().clamp_(-levels, levels).to(torch.int8)
+        else:
+            quantized = gptq_round(weight, self.weight_scale, levels, gram)
+        self._packed = torch.ops.onednn.qlinear_prepack(quantized.contiguous(), None)
+        self._zero_points = torch.zeros(self.out_features, dtype=torch.long)
+        self.bias = None if bias is None else bias.detach().float().cpu()
+
+    @classmethod
+    def from_linears(
+        cls, *linears: nn.Linear, levels: int | None = None, rotation: int = 0, gram=None, activation_levels=None
+    ) -> "Int8Linear":
+        """One product for `linears` that read the same input, their outputs concatenated (q/k/v, gate/up)."""
+        weight = torch.cat([linear.weight.detach().float() for linear in linears])
         bias = None
-        if any(b is not None for b in biases):
+        if any(linear.bias is not None for linear in linears):
             bias = torch.cat(
                 [
-                    b.detach().float().cpu() if b is not None else torch.zeros(linear.out_features)
-                    for b, linear in zip(biases, linears)
+                    linear.bias.detach().float() if linear.bias is not None else torch.zeros(linear.out_features)
+                    for linear in linears
                 ]
             )
-        with warnings.catch_warnings():  # torch marks quantized tensors as deprecated; the kernels remain
-            warnings.simplefilter("ignore")
-            quantized = torch.quantize_per_channel(
-                weight, scale.double(), torch.zeros(self.out_features, dtype=torch.long), 0, torch.qint8
-            )
-            self._packed = torch.ops.quantized.linear_prepack(quantized, bias)
+        return cls(weight, bias, levels, rotation, gram, activation_levels)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         shape = x.shape
         rows = x.reshape(-1, self.in_features).float()
-        row_max = torch.linalg.vector_norm(rows, ord=float("inf"), dim=-1, keepdim=True).clamp_(min=1e-12)
-        output = torch.ops.quantized.linear_dynamic(rows / row_max, self._packed, False)
-        return output.mul_(row_max).reshape(*shape[:-1], self.out_features).to(x.dtype)
+        if self.rotation:
+            rows = rotate(rows, self._hadamard)
+        row_max = torch.maximum(rows.amax(dim=-1, keepdim=True), rows.amin(dim=-1, keepdim=True).neg_())
+        row_max.clamp_(min=1e-12)
+        # u8 = round(levels x / max) + zero point: converted to int8, then shifted in u8 (two's complement wraps)
+        levels = self.activation_levels
+        quantized = torch.mul(rows, levels / row_max).round_().to(torch.int8).view(torch.uint8).add_(self.zero_point)
+        output = torch.ops.onednn.qlinear_pointwise(
+            quantized,
+            1.0 / levels,
+            self.zero_point,
+            self._packed,
+            self.weight_scale,
+            self._zero_points,
+            None,  # the bias is added after the per-token scale, below
+            1.0,
+            0,
+            torch.float32,
+            "none",
+            [],
+            "",
+        )
+        output.mul_(row_max)
+        if self.bias is not None:
+            output.add_(self.bias)
+        return output.reshape(*shape[:-1], self.out_features).to(x.dtype)
 
     def extra_repr(self) -> str:
-        return f"in_features={self.in_features}, out_features={self.out_features}, int8 (per-channel W, per-token x)"
-
-
-def quantize_int8(model: nn.Module, skip: tuple[str, ...] = INT8_SKIP_DEFAULT) -> nn.Module:
-    """Replaces the encoder's linear layers by `Int8Linear`, in place, and returns the model (eval mode, CPU).
-
-    `skip` names layers to keep in float32 by suffix ("mlp.down_proj", "self_attn.o_proj", ...); () quantizes all.
-    The Dense head stays in float32 (it runs once per text). For CPU inference: torch's int8 kernels are CPU-only,
-    the result cannot be saved (quantize again after loading) nor trained. Check its agreement with the float model
-    on your own texts (`benchmarks/bench_inference.py` reports min/mean cosine and STS-B for each choice).
-    """
-    import torch.backends.quantized
-
-    engines = torch.backends.quantized.supported_engines
-    if not any(engine in engines for engine in ("x86", "fbgemm")):
-        raise RuntimeError(f"int8 needs torch's x86/fbgemm quantized engine; this build has {engines}.")
-    if next(model.parameters()).device.type != "cpu":
-        raise ValueError("quantize_int8 is for CPU inference; move the model to the CPU first (`model.to('cpu')`).")
-    if "x86" in engines:
-        torch.backends.quantized.engine = "x86"
-    if cpu_has_native_bf16():
-        warnings.warn(
-            "This CPU multiplies bfloat16 natively (AVX512_BF16 or AMX), and there bfloat16 runs faster than this "
-            "int8 mode and closer to float32 (docs/performance.md): load with dtype=torch.bfloat16 instead of "
-            "quantize='int8'.",
-            stacklevel=2,
+        rotation = f", Hadamard {self.rotation}" if self.rotation else ""
+        return (
+            f"in_features={self.in_features}, out_features={self.out_features}, W per channel (|code| <= "
+            f"{self.levels}), x per token (|code| <= {self.activation_levels}){rotation}"
         )
 
-    def skipped(name):
-        return any(name.endswith(suffix) for suffix in skip)
 
+@functools.lru_cache(maxsize=8)
+def hadamard(size: int) -> torch.Tensor:
+    """The orthonormal Hadamard matrix of `size` (a power of two): symmetric, H @ H = I, entries +-1/sqrt(size)."""
+    if size < 1 or size & (size - 1):
+        raise ValueError(f"a Hadamard block must be a power of two, not {size}.")
+    matrix = torch.ones(1, 1)
+    while matrix.shape[0] < size:
+        matrix = torch.cat([torch.cat([matrix, matrix], 1), torch.cat([matrix, -matrix], 1)], 0)
+    return matrix / size**0.5
+
+
+def rotate(x: torch.Tensor, matrix: torch.Tensor) -> torch.Tensor:
+    """x @ blockdiag(matrix, matrix, ...) over the last dimension (a multiple of the block)."""
+    block = matrix.shape[0]
+    return (x.reshape(-1, block) @ matrix).reshape(x.shape)
+
+
+@torch.no_grad()
+def calibrate(model: nn.Module, texts, tokenizer, rotations=None) -> dict[tuple[int, str], tuple]:
+    """Runs the float model on `texts` (one at a time, so no padding is seen), each with one of the config's prompts
+    in turn, and returns for every product {(layer, fused name): (largest |input| per input channel (in,), the input's
+    Gram matrix X^T X (in, in), after the rotation of `rotations[fused]` when given)}."""
+    encoder = getattr(model, "model", model)
+    prompts = list((getattr(model.config, "prompts", None) or {}).values()) or [""]
+    rotations = rotations or {}
+    statistics: dict[tuple[int, str], tuple] = {}
+    hooks = []
+
+    def record(key):
+        def hook(_module, args):
+            x = args[0].detach().float().reshape(-1, args[0].shape[-1])
+            maximum = x.abs().amax(dim=0)
+            if rotations.get(key[1]):
+                x = rotate(x, hadamard(rotations[key[1]]))
+            gram = x.t() @ x
+            if key in statistics:
+                maximum, gram = torch.maximum(statistics[key][0], maximum), statistics[key][1] + gram
+            statistics[key] = (maximum, gram)
+
+        return hook
+
+    for index, layer in enumerate(encoder.layers):
+        for module_name, fused, names in PRODUCTS:
+            linear = getattr(getattr(layer, module_name), names[0])
+            hooks.append(linear.register_forward_pre_hook(record((index, fused))))
+    device = next(model.parameters()).device
+    encoded = [
+        tokenizer(prompt + text, truncation=True, max_length=model.config.max_position_embeddings)["input_ids"]
+        for text, prompt in zip(texts, itertools.cycle(prompts))
+    ]
+    # The packed path shows the products real tokens only, so texts can share a forward; otherwise one text each.
+    together = 32 if encoder.select_path() == "packed" else 1
+    try:
+        for first in range(0, len(encoded), together):
+            batch = encoded[first : first + together]
+            length = max(map(len, batch))
+            input_ids = torch.zeros(len(batch), length, dtype=torch.long, device=device)
+            attention_mask = torch.zeros_like(input_ids)
+            for row, ids in enumerate(batch):
+                input_ids[row, : len(ids)] = torch.tensor(ids)
+                attention_mask[row, : len(ids)] = 1
+            encoder(input_ids=input_ids, attention_mask=attention_mask)
+    finally:
+        for hook in hooks:
+            hook.remove()
+    return statistics
+
+
+@torch.no_grad()
+def gptq_round(weight: torch.Tensor, scale: torch.Tensor, levels: int, gram: torch.Tensor, block: int = 128):
+    """GPTQ (Frantar et al., 2022): rounds `weight` (out, in) to integers of `scale` (out,) one input column at a time,
+    each column's rounding error compensated on the columns not yet rounded, weighted by the inverse of the calibration
+    inputs' Gram matrix, so that x W^T moves least on inputs like the calibration text. Returns the int8 codes."""
+    columns = weight.shape[1]
+    gram = gram.double().clone()
+    dead = gram.diagonal() == 0
+    gram[dead, dead] = 1.0
+    gram.diagonal().add_(0.01 * gram.diagonal().mean())  # dampening, as in GPTQ
+    inverse = torch.linalg.cholesky(torch.cholesky_inverse(torch.linalg.cholesky(gram)), upper=True).float()
+    transposed = weight.t().contiguous()  # (in, out): a column of the weight is a contiguous row here
+    transposed[dead] = 0.0
+    codes = torch.empty_like(transposed)
+    inverse_scale = 1.0 / scale
+    for first in range(0, columns, block):
+        last = min(first + block, columns)
+        part, inverse_part = transposed[first:last], inverse[first:last, first:last]
+        errors = torch.empty_like(part)
+        for i in range(last - first):
+            code = torch.mul(part[i], inverse_scale, out=codes[first + i]).round_().clamp_(-levels, levels)
+            error = torch.sub(part[i], code * scale, out=errors[i]).div_(inverse_part[i, i])
+            part[i + 1 :].addr_(inverse_part[i, i + 1 :], error, alpha=-1.0)
+        transposed[last:].addmm_(inverse[first:last, last:].t(), errors, alpha=-1.0)
+    return codes.t().contiguous().to(torch.int8)
+
+
+def smoothing_scales(input_max: torch.Tensor, weights: list[torch.Tensor], strength: float) -> torch.Tensor:
+    """SmoothQuant's s_j = max|x_j|^a / max|W_j|^(1-a) over the products reading this input (clamped, so that dead
+    channels keep s = 1)."""
+    weight_max = torch.stack([w.detach().float().abs().amax(dim=0) for w in weights]).amax(dim=0)
+    scales = input_max.clamp(min=1e-5).pow(strength) / weight_max.clamp(min=1e-5).pow(1 - strength)
+    return torch.where((input_max > 0) & (weight_max > 0), scales, torch.ones_like(scales)).clamp(1e-4, 1e4)
+
+
+@torch.no_grad()
+def smooth_layer(layer: nn.Module, maxima: dict[str, torch.Tensor], strength: dict[str, float]) -> None:
+    """Folds SmoothQuant scales into `layer`'s float weights: exact in float32 (the layer computes the same function).
+
+    q/k/v and gate/up: 1/s into the RMSNorm before them ((1 + w) / s; Gemma's norm weight is zero-centred), s into
+    their weight columns. o_proj: 1/s into the `v_proj` rows (attention output channel d is a mix of value channel d;
+    query heads sharing a key/value head share s), s into o_proj's columns. down_proj: 1/s into the `up_proj` rows (its
+    input is act(gate) * up), s into down_proj's columns.
+    """
+    attention, mlp = layer.self_attn, layer.mlp
+
+    def scale_norm(norm, scales):
+        norm.weight.copy_((1.0 + norm.weight.float()) / scales - 1.0)
+
+    def scale_columns(linears, scales):
+        for linear in linears:
+            linear.weight.mul_(scales.to(linear.weight.dtype))
+
+    def scale_rows(linear, scales):
+        linear.weight.div_(scales[:, None].to(linear.weight.dtype))
+        if linear.bias is not None:
+            linear.bias.div_(scales.to(linear.bias.dtype))
+
+    qkv = [attention.q_proj, attention.k_proj, attention.v_proj]
+    if strength["qkv_proj"]:
+        scales = smoothing_scales(maxima["qkv_proj"], [p.weight for p in qkv], strength["qkv_proj"])
+        scale_norm(layer.input_layernorm, scales)
+        scale_columns(qkv, scales)
+
+    gate_up = [mlp.gate_proj, mlp.up_proj]
+    if strength["gate_up_proj"]:
+        scales = smoothing_scales(maxima["gate_up_proj"], [p.weight for p in gate_up], strength["gate_up_proj"])
+        scale_norm(layer.pre_feedforward_layernorm, scales)
+        scale_columns(gate_up, scales)
+
+    if strength["down_proj"]:
+        scales = smoothing_scales(maxima["down_proj"], [mlp.down_proj.weight], strength["down_proj"])
+        scale_rows(mlp.up_proj, scales)
+        scale_columns([mlp.down_proj], scales)
+
+    if not strength["o_proj"]:
+        return
+
+    # o_proj's input channel (query head h, dim d) is value channel (h // group, d): one scale per value channel.
+    heads, kv_heads, head_dim = (
+        attention.config.num_attention_heads,
+        attention.config.num_key_value_heads,
+        attention.head_dim,
+    )
+    group = heads // kv_heads
+    per_head = smoothing_scales(maxima["o_proj"], [attention.o_proj.weight], strength["o_proj"]).view(
+        kv_heads, group, head_dim
+    )
+    value_scales = per_head.amax(dim=1)  # (kv_heads, head_dim): the largest of the heads that share it
+    scale_rows(attention.v_proj, value_scales.reshape(-1))
+    scale_columns([attention.o_proj], value_scales[:, None, :].expand(kv_heads, group, head_dim).reshape(-1))
+
+
+@torch.no_grad()
+def rotate_value_channels(attention: nn.Module, matrix: torch.Tensor) -> None:
+    """Rotates o_proj's input for free: attention output channel d of a head is a mix of value channel d, so rotating
+    the value channels in blocks (the `v_proj` rows) rotates the attention output, and o_proj's columns rotated the same
+    way undo it: exact in float32, no work at run time."""
+    block = matrix.shape[0]
+    value = attention.v_proj
+    rows = value.weight.detach().float().reshape(-1, block, value.in_features)
+    value.weight.copy_(torch.matmul(matrix, rows).reshape(value.weight.shape))  # H^T = H
+    if value.bias is not None:
+        value.bias.copy_(rotate(value.bias.float(), matrix))
+    attention.o_proj.weight.copy_(rotate(attention.o_proj.weight.float(), matrix))
+
+
+def quantize_int8(
+    model: nn.Module,
+    skip: tuple[str, ...] = (),
+    calibration_texts=None,
+    tokenizer=None,
+    smoothing: float | dict[str, float] = DEFAULT_SMOOTHING,
+    rotation: int = DEFAULT_ROTATION,
+    rounding: str = "gptq",
+) -> nn.Module:
+    """Replaces the encoder's products by `Int8Linear`, in place, and returns the model (eval mode, CPU).
+
+    - `calibration_texts`: real text to calibrate on (default `CALIBRATION_TEXTS`; a few thousand tokens of your own
+      domain do at least as well), embedded with `tokenizer` (default: the model's own).
+    - `smoothing`: SmoothQuant's migration strength (0 turns smoothing off).
+    - `skip`: products to keep in float, by suffix ("mlp.down_proj", "self_attn.o_proj", "self_attn.qkv_proj",
+      "mlp.gate_up_proj"; the names of the layers they fuse work too).
+
+    The Dense head stays in float (it runs once per text). For CPU inference: the result cannot be saved (quantize
+    again after loading) nor trained. On a CPU with AMX, bfloat16 is as fast or faster and it warns so; without VNNI,
+    activations use 7 bits. `benchmarks/bench_inference.py` reports speed, agreement and STS-B for each mode.
+    """
+    if not isinstance(smoothing, dict):
+        smoothing = dict.fromkeys([fused for _, fused, _ in PRODUCTS], smoothing)
+    for fused, strength in smoothing.items():
+        if not 0.0 <= strength <= 1.0:
+            raise ValueError(
+                f"smoothing={strength} for {fused} must lie in [0, 1] (SmoothQuant's migration strength; 0 turns it "
+                "off)."
+            )
+    smoothing = {fused: smoothing.get(fused, 0.0) for _, fused, _ in PRODUCTS}
+    if rounding not in ("gptq", "nearest"):
+        raise ValueError(f"rounding={rounding!r}: expected 'gptq' (calibrated) or 'nearest'.")
+    if next(model.parameters()).device.type != "cpu":
+        raise ValueError("quantize_int8 is for CPU inference; move the model to the CPU first (`model.to('cpu')`).")
+    problem = int8_products_available()
+    if problem is not None:
+        raise RuntimeError(
+            f"int8 needs oneDNN's int8 products: {problem}. Use dtype=torch.float32 or bfloat16 instead."
+        )
+    if cpu_has_amx():
+        warnings.warn(
+            "This CPU has AMX, where bfloat16 products run faster than int8 ones and closer to float32 "
+            "(docs/performance.md): load with dtype=torch.bfloat16 instead of quantize='int8'.",
+            stacklevel=2,
+        )
+    model.eval()
     encoder = getattr(model, "model", model)  # EmbeddingGemmaModel, or the encoder alone
-    for layer in encoder.layers:
-        attention, mlp = layer.self_attn, layer.mlp
-        # Projections that read the same input share one product (and one quantization of that input).
-        fused = [
-            (attention, "self_attn", "qkv_proj", ("q_proj", "k_proj", "v_proj")),
-            (attention, "self_attn", "o_proj", ("o_proj",)),
-            (mlp, "mlp", "gate_up_proj", ("gate_proj", "up_proj")),
-            (mlp, "mlp", "down_proj", ("down_proj",)),
-        ]
-        for module, prefix, fused_name, names in fused:
-            if any(skipped(f"{prefix}.{n}") for n in names):
+    layers = list(encoder.layers)
+    if any(isinstance(module, Int8Linear) for module in encoder.modules()):
+        raise ValueError("This model is already quantized to int8; load the float model again to quantize it anew.")
+
+    def skipped(module_name, fused, names):
+        return any(f"{module_name}.{name}".endswith(suffix) for name in (fused, *names) for suffix in skip)
+
+    if rotation and (rotation < 0 or rotation & (rotation - 1)):
+        raise ValueError(f"rotation={rotation}: expected 0 (none) or a power of two (the Hadamard block size).")
+    # The block of each product's online rotation (0 where its input width is not a multiple); o_proj's is folded.
+    online = {}
+    for module_name, fused, names in PRODUCTS:
+        width = getattr(getattr(layers[0], module_name), names[0]).in_features
+        online[fused] = rotation if rotation and fused != "o_proj" and width % rotation == 0 else 0
+    if rotation:
+        for layer in layers:
+            if layer.self_attn.head_dim % rotation == 0 and not skipped(*PRODUCTS[1]):
+                rotate_value_channels(layer.self_attn, hadamard(rotation))
+    statistics = {}
+    if any(smoothing.values()) or rounding == "gptq":
+        if tokenizer is None:
+            try:
+                tokenizer = model.tokenizer
+            except AttributeError as error:
+                raise ValueError(
+                    "int8 calibrates on text and this model has no tokenizer: pass tokenizer=... (or smoothing=0 and "
+                    "rounding='nearest' to quantize without calibration)."
+                ) from error
+        texts = CALIBRATION_TEXTS if calibration_texts is None else list(calibration_texts)
+        if not texts:
+            raise ValueError("calibration_texts is empty: pass some real text, or None for the built-in texts.")
+        if any(smoothing.values()):
+            maxima = calibrate(model, texts, tokenizer)
+            for index, layer in enumerate(layers):
+                smooth_layer(layer, {fused: maxima[(index, fused)][0] for _, fused, _ in PRODUCTS}, smoothing)
+        if rounding == "gptq":
+            statistics = calibrate(model, texts, tokenizer, online)
+
+    levels, activation_levels = int8_levels()
+    for index, layer in enumerate(layers):
+        for module_name, fused, names in PRODUCTS:
+            if skipped(module_name, fused, names):
                 continue
-            linears = [getattr(module, n) for n in names]
-            if not all(isinstance(linear, nn.Linear) for linear in linears):
-                continue  # already quantized
-            for n in names:
-                delattr(module, n)
-            setattr(module, fused_name, Int8Linear(*linears))
-            if fused_name == "qkv_proj":
+            module = getattr(layer, module_name)
+            linears = [getattr(module, name) for name in names]
+            gram = statistics[(index, fused)][1] if statistics else None
+            for name in names:
+                delattr(module, name)
+            setattr(
+                module,
+                fused,
+                Int8Linear.from_linears(
+                    *linears, levels=levels, rotation=online[fused], gram=gram, activation_levels=activation_levels
+                ),
+            )
+            if fused == "qkv_proj":
                 module.qkv_sizes = [linear.out_features for linear in linears]
-    return model.eval()
+    return model
