@@ -5,7 +5,7 @@ sentence-transformers; max abs difference of our fast path to our reference path
 linear layers alone on the real tokens) so that the distance to the machine's limit is a number.
 
     python benchmarks/bench_inference.py [--reference DIR] [--repeats 3] [--smoke] [--workloads short,documents,mixed]
-                                         [--systems NAME,...] [--rss] [--sts]
+                                         [--systems NAME,...] [--rss] [--sts] [--plot FILE.svg]
 
 With --reference (or EMBEDDINGGEMMA_REFERENCE) the real google/embeddinggemma-300m is measured; without it (or with
 --smoke) a tiny random model is, which checks the script and measures overheads only.
@@ -26,6 +26,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -74,20 +75,30 @@ def workload(name: str, count: int, tokenizer, rng) -> list[str]:
 
 def gemm_ceiling(model, tokens: int = 4096, repeats: int = 3) -> dict:
     """Tokens/s of the encoder's linear layers alone at `tokens` rows, per dtype: float32 with torch's default product
-    (`F.linear`) and with the fast path's (oneDNN, packed weights), and bfloat16 (`F.linear` on bfloat16 weights and
-    inputs: oneDNN's native kernels where the CPU has AVX512_BF16/AMX, emulated elsewhere). No path of a dtype beats
-    its ceiling."""
+    (`F.linear`) and with the fast path's (oneDNN, packed weights), bfloat16 (`F.linear` on bfloat16 weights and
+    inputs: oneDNN's native kernels where the CPU has AVX512_BF16/AMX, emulated elsewhere) and int8 (`Int8Linear`:
+    the product with its input's rotation and per-token quantization). No path of a dtype beats its ceiling."""
     linears = [m for m in model.model.modules() if isinstance(m, torch.nn.Linear)]
     inputs = {m.in_features: torch.randn(tokens, m.in_features) for m in linears}
     bf16_inputs = {k: v.bfloat16() for k, v in inputs.items()}
     bf16_weights = {id(m): m.weight.detach().bfloat16() for m in linears}
+    products = [
+        ("fp32 torch default", lambda m, x: F.linear(x, m.weight)),
+        ("fp32 oneDNN", model.model.fast_path.onednn_linear),
+        ("bf16", lambda m, x: F.linear(bf16_inputs[m.in_features], bf16_weights[id(m)])),
+    ]
+    quantization = sys.modules[type(model).__module__.replace("modeling_", "quantization_")]
+    if quantization.int8_products_available() is None:
+        levels, activation_levels = quantization.int8_levels()
+        with torch.no_grad():
+            int8 = {
+                id(m): quantization.Int8Linear(m.weight, None, levels, 32, activation_levels=activation_levels)
+                for m in linears
+            }
+        products.append(("int8 (oneDNN, with per-token quantization and rotation)", lambda m, x: int8[id(m)](x)))
     rates = {}
     with torch.no_grad():
-        for name, product in (
-            ("fp32 torch default", lambda m, x: F.linear(x, m.weight)),
-            ("fp32 oneDNN", model.model.fast_path.onednn_linear),
-            ("bf16", lambda m, x: F.linear(bf16_inputs[m.in_features], bf16_weights[id(m)])),
-        ):
+        for name, product in products:
             for m in linears:  # warm-up (and packing)
                 product(m, inputs[m.in_features])
             best = float("inf")
@@ -144,14 +155,16 @@ def load_native(ctx):
     return run
 
 
-def load_ours(ctx, quantize=None, skip=None, fast=True, batch_size=None, max_batch_tokens=None, dtype=torch.float32):
+def load_ours(ctx, quantize=None, options=None, fast=True, batch_size=None, max_batch_tokens=None, dtype=torch.float32):
     from transformers import AutoModel
 
     model = AutoModel.from_pretrained(ctx["ours"], trust_remote_code=True, dtype=dtype).eval()
     model.config.use_fast_path = fast
     if quantize:
         quantization = sys.modules[type(model).__module__.replace("modeling_", "quantization_")]
-        quantization.quantize_int8(model, **({} if skip is None else {"skip": skip}))
+        with warnings.catch_warnings():  # the AMX advice: the benchmark measures int8 anyway
+            warnings.simplefilter("ignore")
+            quantization.quantize_int8(model, **(options or {}))
     return lambda texts: model.encode(
         texts, batch_size=batch_size, max_batch_tokens=max_batch_tokens, show_progress_bar=False
     )
@@ -241,9 +254,12 @@ SYSTEMS = {
     "ours: + fast path (32/batch)": lambda ctx: load_ours(ctx, batch_size=32),
     "ours (encode defaults: + token budget)": load_ours,
     "ours bf16 (encode defaults)": lambda ctx: load_ours(ctx, dtype=torch.bfloat16),
-    "ours int8 (down_proj fp32)": lambda ctx: load_ours(ctx, quantize="int8"),
-    "ours int8 (all layers)": lambda ctx: load_ours(ctx, quantize="int8", skip=()),
+    "ours int8 (encode defaults)": lambda ctx: load_ours(ctx, quantize="int8"),
+    "ours int8 (nearest rounding; no rotation)": lambda ctx: load_ours(
+        ctx, quantize="int8", options={"rotation": 0, "rounding": "nearest"}
+    ),
 }
+INT8 = "ours int8 (encode defaults)"
 BASELINE = "sentence-transformers"
 FAST = "ours (encode defaults: + token budget)"
 REFERENCE_PATH = "ours: token sort only (reference path; 32/batch)"
@@ -309,6 +325,8 @@ def main() -> int:
         "--rss", action="store_true", help="also load time and peak RSS per system, each in a new process"
     )
     parser.add_argument("--sts", action="store_true", help="also STS-B Spearman for float32 and the int8 variants")
+    parser.add_argument("--plot", help="also tokens/s against text length for every system, drawn to this SVG file")
+    parser.add_argument("--lengths", default="16,64,256,1024,2048", help="text lengths (tokens) for --plot")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     parser.add_argument("--child-context", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -349,8 +367,10 @@ def main() -> int:
         "GEMM ceilings (the encoder's linear layers alone, 4,096 rows): "
         + ", ".join(f"{name} {rate:.0f} tokens/s" for name, rate in ceiling.items())
     )
-    bf16_ceiling = ceiling.pop("bf16")
-    ceiling = max(ceiling.values())
+    ceilings = {
+        "fp32": max(rate for name, rate in ceiling.items() if name.startswith("fp32")),
+        **{kind: rate for name, rate in ceiling.items() for kind in ("bf16", "int8") if name.startswith(kind)},
+    }
     print()
     print(
         "| workload | system | texts/s (median) | tokens/s (median) | range tokens/s | vs ST | min cosine vs ST | "
@@ -384,14 +404,22 @@ def main() -> int:
                 f"| {label} | {system} | {count / median:.2f} | {tokens / median:.0f} | {low:.0f}-{high:.0f} | "
                 f"{base / median:.2f}x | {cosine:.6f} | {exact} |"
             )
-        print(
-            f"| {label} | fp32 GEMM ceiling (linear layers only, 4,096 rows) | | {ceiling:.0f} | | "
-            f"{ceiling / (tokens / base):.2f}x | | |"
-        )
-        print(
-            f"| {label} | bf16 GEMM ceiling (linear layers only, 4,096 rows) | | {bf16_ceiling:.0f} | | "
-            f"{bf16_ceiling / (tokens / base):.2f}x | | |"
-        )
+        for kind, rate in ceilings.items():
+            print(
+                f"| {label} | {kind} GEMM ceiling (linear layers only, 4,096 rows) | | {rate:.0f} | | "
+                f"{rate / (tokens / base):.2f}x | | |"
+            )
+
+    if args.plot:
+        lengths = [int(n) for n in args.lengths.split(",")]
+        rates = length_sweep(encoders, names, lengths, tokenizer, ctx, args.repeats, rng)
+        print("\n| system | " + " | ".join(f"{n} tokens" for n in lengths) + " |")
+        print("|---|" + "---|" * len(lengths))
+        for system in names:
+            print(f"| {system} | " + " | ".join(f"{rate:.0f}" for rate in rates[system]) + " |")
+        title = f"tokens/s by text length, {torch.get_num_threads()} threads\n{platform_line().split(';')[0]}"
+        Path(args.plot).write_text(line_plot_svg(lengths, rates, title), encoding="utf-8")
+        print(f"plot: {args.plot}")
 
     if args.rss:
         print("\n| system | load time (s) | peak RSS (MiB), load + one mixed-workload encode |\n|---|---|---|")
@@ -420,7 +448,7 @@ def main() -> int:
             rows = read_stsb("test")
             sentences = [prompt + s for a, b, _ in rows for s in (a, b)]
             base_vectors = None
-            for system in [FAST, "ours int8 (down_proj fp32)", "ours int8 (all layers)"]:
+            for system in [FAST, "ours bf16 (encode defaults)", INT8, "ours int8 (nearest rounding; no rotation)"]:
                 vectors = (encoders.get(system) or SYSTEMS[system](ctx))(sentences)
                 scores = spearman_sts(vectors[0::2], vectors[1::2], [gold for _, _, gold in rows])
                 base_vectors = vectors if base_vectors is None else base_vectors
@@ -429,6 +457,86 @@ def main() -> int:
                     f"| {system} | {scores[768]:.2f} | {scores[256]:.2f} | {cosine.min():.5f} | {cosine.mean():.5f} |"
                 )
     return 0
+
+
+def length_sweep(encoders, names, lengths, tokenizer, ctx, repeats, rng) -> dict[str, list[float]]:
+    """Tokens/s of each system on texts of each length (about 4,096 tokens of texts of that length; fewer with the
+    tiny model), repeats interleaved, medians."""
+    rates = {system: [] for system in names}
+    for length in lengths:
+        length = min(length, ctx["max_length"])
+        count = max(1, (256 if ctx["smoke"] else 4096) // length)
+        texts = [text_of_length(length, tokenizer, rng) for _ in range(count)]
+        times = {system: [] for system in names}
+        for system in names:
+            encoders[system](texts[:1])
+        for _ in range(repeats):
+            for system in names:
+                started = time.perf_counter()
+                encoders[system](texts)
+                times[system].append(time.perf_counter() - started)
+        for system in names:
+            rates[system].append(count * length / statistics.median(times[system]))
+    return rates
+
+
+def text_of_length(length: int, tokenizer, rng) -> str:
+    """A text of `length` tokens with <bos>/<eos> (STS-B train sentences when present, else generated words)."""
+    sentences = [s for a, b, _ in read_stsb("train") for s in (a, b)] if STSB.is_dir() else None
+    ids = []
+    while len(ids) < length - 2:
+        piece = str(rng.choice(sentences)) if sentences else " ".join(rng.choice(WORDS, size=8))
+        ids += tokenizer(" " + piece, add_special_tokens=False)["input_ids"]
+    return tokenizer.decode(ids[: length - 2])
+
+
+def line_plot_svg(lengths: list[int], rates: dict[str, list[float]], title: str, width=720, height=400) -> str:
+    """A log-x line plot of tokens/s against text length, one line per system, as SVG (no plotting library)."""
+    import math
+
+    left, right, top, bottom = 60, 250, 40, 40
+    top_rate = max(max(r) for r in rates.values()) * 1.05
+
+    def x(n):
+        span = math.log(max(lengths)) - math.log(min(lengths)) or 1.0
+        return left + (math.log(n) - math.log(min(lengths))) / span * (width - left - right)
+
+    def y(rate):
+        return height - bottom - rate / top_rate * (height - top - bottom)
+
+    colours = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22"]
+    out = [
+        f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" font-family="sans-serif" '
+        'font-size="11">',
+        *(
+            f'<text x="{left}" y="{14 + 13 * i}" font-size="11">{line}</text>'
+            for i, line in enumerate(title.split("\n"))
+        ),
+        f'<line x1="{left}" y1="{height - bottom}" x2="{width - right}" y2="{height - bottom}" stroke="black"/>',
+        f'<line x1="{left}" y1="{top}" x2="{left}" y2="{height - bottom}" stroke="black"/>',
+        f'<text x="{(left + width - right) / 2}" y="{height - 8}" text-anchor="middle">text length (tokens)</text>',
+        f'<text x="14" y="{(top + height - bottom) / 2}" transform="rotate(-90 14 {(top + height - bottom) / 2})" '
+        'text-anchor="middle">tokens/s</text>',
+    ]
+    for n in lengths:
+        out.append(f'<text x="{x(n):.1f}" y="{height - bottom + 14}" text-anchor="middle">{n}</text>')
+    for i in range(5):
+        rate = top_rate * i / 4
+        out.append(f'<text x="{left - 4}" y="{y(rate) + 4:.1f}" text-anchor="end">{rate:.0f}</text>')
+        out.append(f'<line x1="{left}" y1="{y(rate):.1f}" x2="{width - right}" y2="{y(rate):.1f}" stroke="#ddd"/>')
+    for i, (system, values) in enumerate(rates.items()):
+        colour = colours[i % len(colours)]
+        points = " ".join(f"{x(n):.1f},{y(v):.1f}" for n, v in zip(lengths, values))
+        out.append(f'<polyline fill="none" stroke="{colour}" stroke-width="2" points="{points}"/>')
+        label_y = top + 14 * i
+        out.append(
+            f'<line x1="{width - right + 10}" y1="{label_y}" x2="{width - right + 30}" y2="{label_y}" '
+            f'stroke="{colour}" stroke-width="2"/>'
+        )
+        name = system.replace("&", "&amp;").replace("<", "&lt;")
+        out.append(f'<text x="{width - right + 34}" y="{label_y + 4}">{name[:36]}</text>')
+    out.append("</svg>")
+    return "\n".join(out) + "\n"
 
 
 CPU_FLAGS = (
@@ -458,6 +566,9 @@ def platform_line() -> str:
     if os.path.exists("/proc/cpuinfo"):
         flags = set(next((line for line in open("/proc/cpuinfo") if line.startswith("flags")), "").split())
     isa = " ".join(f for f in CPU_FLAGS if f in flags) or "flags unknown"
+    cap = os.environ.get("ONEDNN_MAX_CPU_ISA") or os.environ.get("DNNL_MAX_CPU_ISA")
+    if cap:  # oneDNN uses no newer instructions than this: an older CPU's kernels on this one
+        isa += f"; oneDNN capped at {cap.upper()}"
     versions = []
     for name in ("transformers", "sentence_transformers", "onnxruntime", "llama_cpp"):
         try:

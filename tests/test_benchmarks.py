@@ -17,9 +17,20 @@ def test_bench_corpus_smoke():
     assert "| embed_corpus --local |" in result.stdout and "| 0.0e+00 |" in result.stdout
 
 
-def test_bench_inference_smoke():
+def test_bench_inference_smoke(tmp_path):
+    plot = tmp_path / "lengths.svg"
     result = subprocess.run(
-        [sys.executable, str(REPO / "benchmarks" / "bench_inference.py"), "--smoke", "--repeats", "1"],
+        [
+            sys.executable,
+            str(REPO / "benchmarks" / "bench_inference.py"),
+            "--smoke",
+            "--repeats",
+            "1",
+            "--plot",
+            str(plot),
+            "--lengths",
+            "16,64",
+        ],
         capture_output=True,
         text=True,
         timeout=900,
@@ -31,7 +42,7 @@ def test_bench_inference_smoke():
         if line.startswith(("| short", "| documents", "| mixed")) and "GEMM ceiling" not in line
     ]
     systems = {row[1] for row in rows}
-    expected = {"sentence-transformers", "transformers-native", "onnxruntime fp32", "ours int8 (down_proj fp32)"}
+    expected = {"sentence-transformers", "transformers-native", "onnxruntime fp32", "ours int8 (encode defaults)"}
     expected |= {"onnxruntime int8 (model_quantized.onnx)", "ours bf16 (encode defaults)"}
     if __import__("export_embeddinggemma").llama_cpp_available():
         expected |= {
@@ -48,7 +59,13 @@ def test_bench_inference_smoke():
         assert cosine > (0.99 if lower else 0.99999), row
         if row[7]:
             assert float(row[7]) <= 1e-5, row  # our fast path vs our reference path
-    assert sum(line.startswith("|") and "GEMM ceiling" in line for line in result.stdout.splitlines()) == 6
+    ceilings = [line for line in result.stdout.splitlines() if line.startswith("|") and "GEMM ceiling" in line]
+    assert len(ceilings) == 3 * 3 and any("int8 GEMM ceiling" in line for line in ceilings)  # fp32, bf16, int8
+    # tokens/s against text length: one line per system in the table and in the plot
+    svg = plot.read_text()
+    assert svg.startswith("<svg") and svg.count("<polyline") == len(systems)
+    sweep = [line for line in result.stdout.splitlines() if line.startswith("| ") and line.count("|") == 4]
+    assert {line.split("|")[1].strip() for line in sweep} >= systems
 
 
 def test_bench_compile_smoke():
