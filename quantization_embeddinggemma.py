@@ -321,9 +321,10 @@ def rotate(x: torch.Tensor, matrix: torch.Tensor) -> torch.Tensor:
 
 @torch.no_grad()
 def calibrate(model: nn.Module, texts, tokenizer, rotations=None) -> dict[tuple[int, str], tuple]:
-    """Runs the float model on `texts` (one at a time, so no padding is seen), each with one of the config's prompts
-    in turn, and returns for every product {(layer, fused name): (largest |input| per input channel (in,), the input's
-    Gram matrix X^T X (in, in), after the rotation of `rotations[fused]` when given)}."""
+    """Runs the float model on `texts` (batched on the packed path, which shows the products real tokens only; else one
+    text per forward, so that no padding is seen), each with one of the config's prompts in turn, and returns for
+    every product {(layer, fused name): (largest |input| per input channel (in,), the input's Gram matrix X^T X
+    (in, in), after the rotation of `rotations[fused]` when given)}."""
     encoder = getattr(model, "model", model)
     prompts = list((getattr(model.config, "prompts", None) or {}).values()) or [""]
     rotations = rotations or {}
@@ -488,9 +489,12 @@ def quantize_int8(
 ) -> nn.Module:
     """Replaces the encoder's products by `Int8Linear`, in place, and returns the model (eval mode, CPU).
 
-    - `calibration_texts`: real text to calibrate on (default `CALIBRATION_TEXTS`; a few thousand tokens of your own
-      domain do at least as well), embedded with `tokenizer` (default: the model's own).
-    - `smoothing`: SmoothQuant's migration strength (0 turns smoothing off).
+    - `calibration_texts`: real text to calibrate on (default `CALIBRATION_TEXTS`, ~1,500 tokens; texts of your own
+      domain are an option, not measured here), embedded with `tokenizer` (default: the model's own).
+    - `rotation`: Hadamard block of each product's input (default 32; 0: none).
+    - `rounding`: "gptq" (default; calibrated) or "nearest" (no calibration needed).
+    - `smoothing`: SmoothQuant's migration strength, a float or {fused name: strength} (default 0: off; it made the
+      real model's agreement worse once inputs are rotated, docs/performance.md).
     - `skip`: products to keep in float, by suffix ("mlp.down_proj", "self_attn.o_proj", "self_attn.qkv_proj",
       "mlp.gate_up_proj"; the names of the layers they fuse work too).
 
