@@ -36,6 +36,10 @@ CUSTOM_PIPELINES = {
 }
 
 LAYER_TYPES = ("sliding_attention", "full_attention")
+# Sanity bounds on an untrusted config, checked before anything is built (the real model has 24 layers and 2,048
+# positions; Gemma 3 27B has 62 layers and 131,072 positions). Sizes are also checked against the checkpoint's tensors.
+MAX_LAYERS = 1024
+MAX_POSITIONS = 1 << 20
 # sentence-transformers' Pooling modes that need no extra weights; EmbeddingGemma uses "mean".
 POOLING_MODES = ("mean", "max", "cls", "lasttoken", "mean_sqrt_len_tokens", "weightedmean")
 
@@ -225,6 +229,31 @@ class EmbeddingGemmaConfig(PretrainedConfig):
 
     def check_fields(self):
         """Checks the fields that the model relies on; each error says what was wrong and what is expected."""
+        sizes = (
+            "vocab_size",
+            "hidden_size",
+            "intermediate_size",
+            "num_hidden_layers",
+            "num_attention_heads",
+            "num_key_value_heads",
+            "head_dim",
+            "max_position_embeddings",
+        )
+        for name in sizes:
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+                raise ValueError(f"{name}={value!r} in the config: expected a positive int (a size of the model).")
+        for name, limit in (("num_hidden_layers", MAX_LAYERS), ("max_position_embeddings", MAX_POSITIONS)):
+            if getattr(self, name) > limit:
+                raise ValueError(
+                    f"{name}={getattr(self, name)} in the config is beyond any EmbeddingGemma-family model (at most "
+                    f"{limit:,} here); the config is damaged or not this model's."
+                )
+        bad_features = [f for f in self.dense_out_features if isinstance(f, bool) or not isinstance(f, int) or f <= 0]
+        if bad_features:
+            raise ValueError(f"dense_out_features={self.dense_out_features}: expected positive ints.")
+        if not (isinstance(self.rms_norm_eps, (int, float)) and self.rms_norm_eps > 0):
+            raise ValueError(f"rms_norm_eps={self.rms_norm_eps!r}: expected a positive number.")
         if len(self.layer_types) != self.num_hidden_layers:
             raise ValueError(
                 f"layer_types has {len(self.layer_types)} entries but num_hidden_layers={self.num_hidden_layers}; "

@@ -116,14 +116,21 @@ ONNX_INT8_MIN_COSINE = 0.99
 
 
 class OnnxGraph(torch.nn.Module):
-    """The exported computation: token ids and mask in; token states and the sentence embedding out."""
+    """The exported computation: token ids and mask in; token states and the sentence embedding out.
+
+    Padding tokens enter as zero vectors, and stay zero through every layer (RMSNorm of 0 is 0, no biases, a padding
+    query sees only itself): the real tokens' values are unchanged (padding keys are masked either way), but no padding
+    row can set the int8 variant's activation scale, which onnxruntime computes once per tensor over the whole padded
+    batch. With padding computed as the model does (garbage rows that grow layer by layer), a short text padded beside
+    a long one fell to cosine 0.8957 in int8 (docs/conversion.md)."""
 
     def __init__(self, model):
         super().__init__()
         self.model = model
 
     def forward(self, input_ids, attention_mask):
-        output = self.model(input_ids=input_ids, attention_mask=attention_mask)
+        inputs_embeds = self.model.get_input_embeddings()(input_ids) * attention_mask[..., None].to(torch.float32)
+        output = self.model(inputs_embeds=inputs_embeds, attention_mask=attention_mask)
         return output.last_hidden_state, output.sentence_embedding
 
 

@@ -11,7 +11,7 @@
   keys the window keeps (`packed_attention`);
 - RMSNorm in one reduction and one multiply, each post-norm applied while adding the residual, rotary without the
   rotated copy, and the MLP's product written into the activation's buffer: in place, so only without autograd;
-- float32 products on the CPU through oneDNN with each weight packed once into its blocked layout (15-25% faster
+- float32 and bfloat16 products on the CPU through oneDNN with each weight packed once into its blocked layout (faster
   than torch's default product for these shapes; benchmarks/bench_inference.py).
 
 The kernels are chosen once per forward (`PackedForward`); the packed weights live in the model's `FastPath` object,
@@ -197,8 +197,8 @@ class FastPath:
         return PackedForward(self, encoder, padding_mask).run(input_ids, inputs_embeds)
 
     def onednn_linear(self, module: nn.Linear, x: torch.Tensor) -> torch.Tensor:
-        """`module(x)` for float32 2-D x on the CPU without autograd, on oneDNN with the weight packed into its blocked
-        layout on first use (repacked when it changes, moves or any optimizer steps); `module(x)` if this torch build
+        """`module(x)` for float32 or bfloat16 2-D x on the CPU without autograd, on oneDNN with the weight packed into
+        its blocked layout on first use (repacked when it changes, moves or any optimizer steps); `module(x)` if torch
         cannot."""
         weight = module.weight
         key = (weight.data_ptr(), weight._version, weight.shape, OptimizerSteps.count)
@@ -215,7 +215,7 @@ class FastPath:
 
 class PackedForward:
     """One forward on the packed path; its kernels are chosen here, once: in-place element-wise work when autograd is
-    off, oneDNN products for float32 on the CPU when autograd is off."""
+    off, oneDNN products with packed weights for float32 and bfloat16 on the CPU when autograd is off."""
 
     def __init__(self, fast_path: FastPath, encoder, padding_mask: torch.Tensor):
         self.fast_path = fast_path
@@ -223,7 +223,7 @@ class PackedForward:
         self.packed = PackedBatch.from_padding_mask(padding_mask)
         self.in_place = not torch.is_grad_enabled()
         weight = encoder.embed_tokens.weight
-        self.fused_norms = self.in_place and weight.dtype == torch.float32
+        self.fused_norms = self.in_place and weight.dtype in (torch.float32, torch.bfloat16)
         self.onednn = self.fused_norms and weight.device.type == "cpu" and fast_path.onednn
 
     def run(self, input_ids, inputs_embeds):
@@ -249,19 +249,31 @@ class PackedForward:
         """`module(x)` for 2-D x; a float32 `nn.Linear` on the CPU without autograd runs on oneDNN, unless it has hooks
         (then it is called as a module, so that they see it: int8 calibration, users' own)."""
         hooked = module._forward_hooks or module._forward_pre_hooks
-        if self.onednn and self.fast_path.onednn and type(module) is nn.Linear and not hooked:
+        if (
+            self.onednn
+            and self.fast_path.onednn
+            and type(module) is nn.Linear
+            and not hooked
+            and x.dtype == module.weight.dtype
+        ):
             return self.fast_path.onednn_linear(module, x)
         return module(x)
 
     def norm(self, module, x: torch.Tensor, residual: torch.Tensor | None = None) -> torch.Tensor:
-        """`module(x)`, plus `residual` when given. Fused for float32 without autograd: one reduction for the norm,
-        one multiply, and the weight applied while adding to the residual stream, in place."""
+        """`module(x)`, plus `residual` when given. Fused without autograd: one reduction for the norm, one multiply,
+        and the weight applied while adding to the residual stream, in place. In bfloat16 the norm is computed on a
+        float32 copy, as Gemma's RMSNorm does, and rounded once before it joins the bfloat16 residual stream."""
         if not self.fused_norms:
             output = module(x)
             return output if residual is None else residual + output
+        weight = 1.0 + module.weight.float()  # Gemma's zero-centred weight
+        if x.dtype != torch.float32:
+            output = x.float()
+            inverse_rms = torch.linalg.vector_norm(output, dim=-1, keepdim=True).square_().div_(x.shape[-1])
+            output = output.mul_(inverse_rms.add_(module.eps).rsqrt_()).mul_(weight).to(x.dtype)
+            return output if residual is None else residual.add_(output)
         inverse_rms = torch.linalg.vector_norm(x, dim=-1, keepdim=True).square_().div_(x.shape[-1])
         output = x * inverse_rms.add_(module.eps).rsqrt_()
-        weight = 1.0 + module.weight  # Gemma's zero-centred weight
         if residual is None:
             return output.mul_(weight)
         return residual.addcmul_(output, weight)

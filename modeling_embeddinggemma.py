@@ -23,13 +23,14 @@ The masks are built here, from positions, rather than through the installed tran
 bidirectional window has changed across releases (huggingface/transformers#40700, #47940).
 """
 
+import os
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.fx import _symbolic_trace
-from transformers import PreTrainedModel
+from transformers import PretrainedConfig, PreTrainedModel
 from transformers.activations import ACT2FN
 from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.modeling_outputs import BaseModelOutput
@@ -42,12 +43,14 @@ try:  # modules of a package (the Hub's remote code, or an installed copy); `sav
     from .encoding_embeddinggemma import EmbeddingGemmaEncodeMixin
     from .fast_path_embeddinggemma import FastPath
     from .pipeline_embeddinggemma import SentenceEmbeddingPipeline  # noqa: F401  (`config.custom_pipelines` names it)
-    from .quantization_embeddinggemma import Int8Linear, cpu_has_native_bf16, quantize_int8
+    from .precision_embeddinggemma import PRECISIONS, cpu_has_native_bf16, fastest_precision, warn_if_slower
+    from .quantization_embeddinggemma import INFERENCE_ONLY, Int8Linear, quantize_int8
 except ImportError:  # top-level modules (this repository on sys.path)
     from configuration_embeddinggemma import EmbeddingGemmaConfig
     from encoding_embeddinggemma import EmbeddingGemmaEncodeMixin
     from fast_path_embeddinggemma import FastPath
-    from quantization_embeddinggemma import Int8Linear, cpu_has_native_bf16, quantize_int8
+    from precision_embeddinggemma import PRECISIONS, cpu_has_native_bf16, fastest_precision, warn_if_slower
+    from quantization_embeddinggemma import INFERENCE_ONLY, Int8Linear, quantize_int8
 
 try:  # transformers >= 5: these skip tensors that were loaded from a checkpoint
     from transformers import initialization as init
@@ -442,19 +445,45 @@ class EmbeddingGemmaPreTrainedModel(PreTrainedModel):
         if isinstance(module, EmbeddingGemmaRMSNorm):
             init.zeros_(module.weight)  # zero-centred: the norm multiplies by (1 + weight)
 
+    def train(self, mode: bool = True):
+        """`nn.Module.train`, refused (before any module changes mode) for a model quantized to int8."""
+        if mode and any(isinstance(module, Int8Linear) for module in self.modules()):
+            raise RuntimeError(INFERENCE_ONLY)
+        return super().train(mode)
+
     @classmethod
-    def from_pretrained(cls, *args, quantize: str | None = None, **kwargs):
+    def from_pretrained(cls, *args, quantize: str | None = None, precision: str | None = None, **kwargs):
         """`PreTrainedModel.from_pretrained`, refusing float16 and a checkpoint whose weights do not match the model
         (missing, unexpected or mis-shaped: transformers would fill the gaps with random values), with
-        `quantize="int8"` to call `quantize_int8()` on the loaded model (CPU inference only; see its docstring)."""
+        `quantize="int8"` to call `quantize_int8()` on the loaded model (CPU inference only; see its docstring), and
+        `precision="fastest"` to pick the fastest of float32, bfloat16 and int8 on this machine that keeps min cosine
+        >= 0.999 to float32, by a short measurement of the model's products (precision_embeddinggemma.py; the choice
+        and its figures are in `model.precision_choice`). `precision="float32" | "bfloat16" | "int8"` asks for one."""
         # Refuse float16 before reading gigabytes of weights; forward() checks again for `.half()` after loading.
         for key in ("dtype", "torch_dtype"):
             if kwargs.get(key) in (torch.float16, "float16"):
                 raise ValueError(FLOAT16_ERROR)
         if quantize not in (None, "int8"):
             raise ValueError(f"quantize={quantize!r} is not supported; expected None or 'int8'.")
+        if precision is not None:
+            if precision not in ("fastest", *PRECISIONS):
+                raise ValueError(
+                    f"precision={precision!r} is not supported; expected one of {('fastest', *PRECISIONS)}."
+                )
+            asked = [f"{key}={kwargs[key]!r}" for key in ("dtype", "torch_dtype") if kwargs.get(key) is not None]
+            if quantize is not None:
+                asked.append(f"quantize={quantize!r}")
+            if asked:
+                raise ValueError(
+                    f"precision={precision!r} and {', '.join(asked)} both choose the precision; pass one of them."
+                )
+            kwargs["dtype"] = torch.float32  # measured and converted after loading
+        source = args[0] if args else kwargs.get("pretrained_model_name_or_path")
+        if source is not None and os.path.isdir(source) and not isinstance(kwargs.get("config"), PretrainedConfig):
+            check_folder_before_building(cls, source, subfolder=kwargs.get("subfolder") or "")
         wants_info = kwargs.pop("output_loading_info", False)
         model, info = super().from_pretrained(*args, output_loading_info=True, **kwargs)
+        check_finite_weights(model, source)
         problems = [
             f"{what} ({len(keys)}): {sorted(map(str, keys))}"
             for what, keys in (
@@ -468,7 +497,6 @@ class EmbeddingGemmaPreTrainedModel(PreTrainedModel):
             if keys
         ]
         if problems:
-            source = args[0] if args else kwargs.get("pretrained_model_name_or_path")
             raise ValueError(
                 f"The weights in {source} do not match {cls.__name__}: " + "; ".join(problems) + ". Loading would "
                 "leave those weights random and the embeddings meaningless. Convert the checkpoint with "
@@ -476,7 +504,30 @@ class EmbeddingGemmaPreTrainedModel(PreTrainedModel):
             )
         if quantize == "int8":
             quantize_int8(model)
+        if precision is not None:
+            model.set_precision(precision)
         return (model, info) if wants_info else model
+
+    def set_precision(self, precision: str = "fastest"):
+        """Converts this float32 model in place to `precision` ("float32", "bfloat16", "int8", or "fastest": the
+        fastest on this machine that keeps min cosine >= 0.999, measured) and returns it; `self.precision_choice`
+        says what was chosen and, for "fastest", the probe's figures (GFLOP/s per mode and token count)."""
+        figures = None
+        if precision == "fastest":
+            device = next(self.parameters()).device
+            if device.type == "cuda":
+                precision = "bfloat16" if torch.cuda.is_bf16_supported() else "float32"
+            elif device.type != "cpu":
+                precision = "float32"
+            else:
+                precision, figures = fastest_precision(self.config)
+            logger.info(f"precision='fastest' chose {precision} on this machine (products in GFLOP/s: {figures}).")
+        if precision == "bfloat16":
+            self.to(torch.bfloat16)
+        elif precision == "int8":
+            quantize_int8(self)
+        self.precision_choice = {"precision": precision, "figures": figures}
+        return self
 
     def quantize(self, mode: str = "int8", **options):
         """Quantizes this model in place for CPU inference and returns it: `mode="int8"` with the options of
@@ -578,11 +629,15 @@ class EmbeddingGemmaTextModel(EmbeddingGemmaPreTrainedModel):
         padding_mask = _padding_mask(attention_mask, batch, length, device)
         if torch.float16 in (self.embed_tokens.weight.dtype, getattr(inputs_embeds, "dtype", None)):
             raise ValueError(FLOAT16_ERROR)
-        if self.embed_tokens.weight.dtype == torch.bfloat16 and device.type == "cpu" and not cpu_has_native_bf16():
-            logger.warning_once(
-                "bfloat16 on a CPU without native bfloat16 products (no AVX512_BF16 or AMX): they are emulated and "
-                "run several times slower than float32. Load with dtype=torch.float32 (the default) on this CPU."
-            )
+        if self.embed_tokens.weight.dtype == torch.bfloat16 and device.type == "cpu" and not is_traced():
+            if not cpu_has_native_bf16():
+                logger.warning_once(
+                    "bfloat16 on a CPU without native bfloat16 products (no AVX512_BF16 or AMX): they are emulated "
+                    "and run several times slower than float32. Load with dtype=torch.float32 (the default) on this "
+                    "CPU."
+                )
+            elif not self.training:
+                warn_if_slower("bfloat16", self.config)  # native, but measured: some CPUs decode bf16 no faster
         if not is_traced() and length > self.config.max_position_embeddings:
             logger.warning_once(
                 f"Inputs of {length} tokens are longer than the model's {self.config.max_position_embeddings} "
@@ -633,6 +688,143 @@ class EmbeddingGemmaTextModel(EmbeddingGemmaPreTrainedModel):
         return output, padding_mask
 
 
+# A safetensors header is a JSON table of names, dtypes, shapes and offsets: ~100 bytes a tensor. Anything larger than
+# this is not a checkpoint of this model family, and reading it whole would be the memory exhaustion it may aim at.
+MAX_SAFETENSORS_HEADER = 64 * 1024 * 1024
+_DTYPE_BYTES = {"F64": 8, "F32": 4, "BF16": 2, "F16": 2, "I64": 8, "I32": 4, "I16": 2, "I8": 1, "U8": 1, "BOOL": 1}
+
+
+def read_safetensors_header(path: str) -> dict:
+    """The tensor table of one safetensors file, {name: {"dtype", "shape", "data_offsets"}}, read without the data and
+    checked against the file: a header larger than the file or than `MAX_SAFETENSORS_HEADER`, or a tensor whose bytes
+    lie beyond the end of the file or do not match its shape, is an error naming the file."""
+    import json
+    import struct
+
+    size = os.path.getsize(path)
+    damaged = f"{path} is not a valid safetensors file"
+    with open(path, "rb") as handle:
+        prefix = handle.read(8)
+        if len(prefix) < 8:
+            raise ValueError(f"{damaged}: it has {size} bytes, fewer than the 8 of a header length.")
+        (length,) = struct.unpack("<Q", prefix)
+        if length > min(size - 8, MAX_SAFETENSORS_HEADER):
+            raise ValueError(
+                f"{damaged}: its header claims {length:,} bytes but the file has {size:,} (and a header is at most "
+                f"{MAX_SAFETENSORS_HEADER:,}). The file is truncated or was not written as safetensors; download or "
+                "convert it again."
+            )
+        try:
+            header = json.loads(handle.read(length))
+        except ValueError as error:
+            raise ValueError(f"{damaged}: its header is not JSON ({error}). Download or convert it again.") from None
+    if not isinstance(header, dict):
+        raise ValueError(f"{damaged}: its header is not a table of tensors.")
+    data_size = size - 8 - length
+    for name, entry in header.items():
+        if name == "__metadata__":
+            continue
+        try:
+            start, end = entry["data_offsets"]
+            count = 1
+            for dim in entry["shape"]:
+                count *= int(dim)
+            expected = count * _DTYPE_BYTES.get(entry["dtype"], 0)
+        except (KeyError, TypeError, ValueError):
+            raise ValueError(f"{damaged}: the entry of {name!r} has no dtype, shape and data offsets.") from None
+        if not 0 <= start <= end <= data_size or (expected and end - start != expected):
+            raise ValueError(
+                f"{damaged}: tensor {name!r} of shape {entry['shape']} claims bytes {start:,}-{end:,} but the file "
+                f"holds {data_size:,} bytes of data. The file is truncated or damaged; download or convert it again."
+            )
+    header.pop("__metadata__", None)
+    return header
+
+
+def checkpoint_shapes(folder: str) -> dict[str, list[int]] | None:
+    """{weight name: shape} of the safetensors checkpoint in `folder` (one file or shards), or None without one."""
+    import json
+
+    single, index = os.path.join(folder, "model.safetensors"), os.path.join(folder, "model.safetensors.index.json")
+    if os.path.isfile(single):
+        files = [single]
+    elif os.path.isfile(index):
+        with open(index, encoding="utf-8") as handle:
+            weight_map = json.load(handle).get("weight_map") or {}
+        shards = sorted(set(weight_map.values()))
+        outside = [shard for shard in shards if os.path.basename(shard) != shard]
+        if outside:
+            raise ValueError(
+                f"{index} names shards outside its folder ({outside[:3]}); a checkpoint's shards sit beside it."
+            )
+        files = [os.path.join(folder, shard) for shard in shards]
+    else:
+        return None
+    shapes = {}
+    for path in files:
+        shapes.update({name: entry["shape"] for name, entry in read_safetensors_header(path).items()})
+    return shapes
+
+
+def check_folder_before_building(cls, folder: str, subfolder: str = "") -> None:
+    """Before a model is built from a local folder (untrusted input: a folder from the Hub): the config's fields are
+    valid (`check_fields`) and its sizes match the checkpoint's own tensors, so that a config claiming a million
+    layers or a huge vocabulary is refused in milliseconds instead of allocating the model it describes."""
+    folder = os.path.join(folder, subfolder) if subfolder else folder
+    if not os.path.isfile(os.path.join(folder, "config.json")):
+        return  # transformers says what is missing
+    config = cls.config_class.from_pretrained(folder)
+    shapes = checkpoint_shapes(folder)
+    if shapes is None:
+        return  # no safetensors here: transformers reports it (and never unpickles: use_safetensors is not ours)
+    layers = {
+        int(name.split(".")[i + 1])
+        for name in shapes
+        for i, part in enumerate(name.split(".")[:-1])
+        if part == "layers" and name.split(".")[i + 1].isdigit()
+    }
+    found = max(layers) + 1 if layers else 0
+    expected = {"num_hidden_layers": (config.num_hidden_layers, found, "layers in the checkpoint")}
+    embedding = next((shape for name, shape in shapes.items() if name.endswith("embed_tokens.weight")), None)
+    if embedding is not None and len(embedding) == 2:
+        expected["vocab_size"] = (config.vocab_size, embedding[0], "rows of embed_tokens.weight")
+        expected["hidden_size"] = (config.hidden_size, embedding[1], "columns of embed_tokens.weight")
+    gate = next((shape for name, shape in shapes.items() if name.endswith("layers.0.mlp.gate_proj.weight")), None)
+    if gate is not None and len(gate) == 2:
+        expected["intermediate_size"] = (config.intermediate_size, gate[0], "rows of layers.0.mlp.gate_proj.weight")
+    query = next((shape for name, shape in shapes.items() if name.endswith("layers.0.self_attn.q_proj.weight")), None)
+    if query is not None and len(query) == 2:
+        width = config.num_attention_heads * config.head_dim
+        expected["num_attention_heads * head_dim"] = (width, query[0], "rows of layers.0.self_attn.q_proj.weight")
+    wrong = [
+        f"{field}={claimed} but the checkpoint has {actual} {what}"
+        for field, (claimed, actual, what) in expected.items()
+        if claimed != actual
+    ]
+    if wrong:
+        raise ValueError(
+            f"{folder}/config.json does not describe its checkpoint: " + "; ".join(wrong) + ". The config was edited "
+            "or belongs to another model; fix config.json (or convert the checkpoint again with "
+            "embeddinggemma-convert)."
+        )
+
+
+def check_finite_weights(model: nn.Module, source) -> None:
+    """A loaded checkpoint with NaN or infinite weights is refused by name: it would give NaN embeddings, or plausible
+    numbers where a norm hides them."""
+    bad = [
+        name
+        for name, tensor in model.state_dict().items()
+        if tensor.is_floating_point() and not bool(tensor.isfinite().all())
+    ]
+    if bad:
+        raise ValueError(
+            f"The weights in {source} contain NaN or infinite values in {len(bad)} tensors ({bad[:5]}); the checkpoint "
+            "is damaged (or was saved after a diverged training run). Download or convert it again, or load an "
+            "earlier checkpoint."
+        )
+
+
 def _return_dict(config, return_dict: bool | None) -> bool:
     return return_dict if return_dict is not None else getattr(config, "return_dict", True)
 
@@ -663,7 +855,15 @@ def _padding_mask(attention_mask, batch, length, device) -> torch.Tensor:
             f"attention_mask has shape {tuple(attention_mask.shape)}; expected the 2-D padding mask "
             f"{(batch, length)} that the tokenizer returns (1 = real token, 0 = padding)."
         )
-    return attention_mask.to(device=device, dtype=torch.bool)
+    mask = attention_mask.to(device=device, dtype=torch.bool)
+    if not is_traced() and not bool(mask.any(dim=-1).all()):
+        empty = (~mask.any(dim=-1)).nonzero().flatten().tolist()
+        raise ValueError(
+            f"attention_mask rows {empty[:10]} have no real token: an all-padding row has no embedding (pooling it "
+            "would give a zero vector). Every text needs at least one token (the tokenizer adds <bos> and <eos>); "
+            "drop the empty rows from the batch."
+        )
+    return mask
 
 
 class EmbeddingGemmaModel(EmbeddingGemmaEncodeMixin, EmbeddingGemmaPreTrainedModel):

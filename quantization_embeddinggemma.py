@@ -22,11 +22,16 @@ The model file only knows that a quantized attention or MLP computes q/k/v or ga
 
 import functools
 import itertools
-import os
-import warnings
 
 import torch
 from torch import nn
+
+
+try:  # modules of a package (the Hub's remote code, or an installed copy)
+    # the CPU checks live in precision_embeddinggemma; cpu_has_amx / cpu_has_native_bf16 are imported from here too
+    from .precision_embeddinggemma import cpu_flags, cpu_has_amx, cpu_has_native_bf16, cpu_has_vnni, warn_if_slower  # noqa: F401
+except ImportError:  # top-level modules (this repository on sys.path)
+    from precision_embeddinggemma import cpu_flags, cpu_has_amx, cpu_has_native_bf16, cpu_has_vnni, warn_if_slower  # noqa: F401
 
 
 # The products of a layer, each (module, fused name, the linear layers it fuses); all four are quantized by default.
@@ -40,6 +45,11 @@ PRODUCTS = (
 DEFAULT_SMOOTHING = 0.0
 # Block size of the Hadamard rotation of each product's input (0: none).
 DEFAULT_ROTATION = 32
+
+INFERENCE_ONLY = (
+    "This model is quantized to int8, which is for inference only: its int8 products have no gradients. Train the "
+    "float model (load it without quantize='int8'), then quantize the trained one for inference."
+)
 
 # Real text for calibration, written for this package: queries, passages, code, numbers, lists and other languages,
 # short and long, so that every channel sees the values it takes in use. Each text gets one of the model's prompts.
@@ -131,63 +141,6 @@ CALIBRATION_TEXTS = (
 )
 
 
-@functools.lru_cache(maxsize=1)
-def cpu_flags() -> frozenset[str]:
-    try:
-        with open("/proc/cpuinfo") as handle:
-            return frozenset(word for line in handle if line.startswith(("flags", "Features")) for word in line.split())
-    except OSError:
-        return frozenset()
-
-
-def _probe(name: str) -> bool:
-    probe = getattr(torch.cpu, name, None)
-    try:
-        return bool(probe is not None and probe())
-    except Exception:
-        return False
-
-
-def onednn_isa_cap() -> str:
-    """oneDNN's instruction-set cap (ONEDNN_MAX_CPU_ISA or DNNL_MAX_CPU_ISA, e.g. AVX2), upper case; "" when unset.
-    oneDNN then uses no newer instructions than that, and the checks below follow it."""
-    return (os.environ.get("ONEDNN_MAX_CPU_ISA") or os.environ.get("DNNL_MAX_CPU_ISA") or "").upper()
-
-
-# Caps under which oneDNN uses no VNNI / native bfloat16 / AMX instructions.
-_CAPS_WITHOUT_VNNI = {"SSE41", "AVX", "AVX2", "AVX512_CORE"}
-_CAPS_WITHOUT_BF16 = _CAPS_WITHOUT_VNNI | {"AVX2_VNNI", "AVX2_VNNI_2", "AVX512_CORE_VNNI"}
-
-
-@functools.lru_cache(maxsize=1)
-def cpu_has_native_bf16() -> bool:
-    """Whether this CPU multiplies bfloat16 natively (x86 AVX512_BF16 or AMX-BF16; Arm BF16). Without it, bfloat16
-    products are emulated and run several times slower than float32."""
-    if onednn_isa_cap() in _CAPS_WITHOUT_BF16:
-        return False
-    probes = ("_is_avx512_bf16_supported", "_is_amx_tile_supported", "_is_arm_sve_bf16_supported")
-    return any(_probe(name) for name in probes) or bool(cpu_flags() & {"avx512_bf16", "amx_bf16", "bf16"})
-
-
-@functools.lru_cache(maxsize=1)
-def cpu_has_amx() -> bool:
-    """Whether this CPU has AMX tiles (Intel Sapphire Rapids and later): there bfloat16 products run as fast as int8
-    ones or faster, closer to float32 (docs/performance.md)."""
-    cap = onednn_isa_cap()
-    if cap and "AMX" not in cap and cap != "ALL":
-        return False
-    return _probe("_is_amx_tile_supported") or "amx_bf16" in cpu_flags()
-
-
-@functools.lru_cache(maxsize=1)
-def cpu_has_vnni() -> bool:
-    """Whether this CPU has VNNI (AVX512_VNNI or AVX_VNNI): u8 x s8 products accumulate in 32 bits, so full-range
-    8-bit codes are safe. Without it (AVX2 alone) oneDNN's pair sums are 16-bit and saturate on them."""
-    if onednn_isa_cap() in _CAPS_WITHOUT_VNNI:
-        return False
-    return _probe("_is_vnni_supported") or bool(cpu_flags() & {"avx512_vnni", "avx_vnni", "amx_int8"})
-
-
 def int8_levels() -> tuple[int, int]:
     """The largest |int8 code| of (weights, activations). With VNNI, (127, 127). Without it, AVX2 kernels sum u8 x s8
     pairs in 16 bits and saturate (tests/test_fast_path.py shows it under ONEDNN_MAX_CPU_ISA=AVX2), so activations
@@ -229,6 +182,7 @@ class Int8Linear(nn.Module):
         activation_levels: int | None = None,
     ):
         super().__init__()
+        self.training = False  # inference only (`train` refuses)
         self.out_features, self.in_features = weight.shape
         default_levels, default_activation_levels = int8_levels()  # this CPU's: safe from saturation
         self.levels = levels = levels or default_levels
@@ -244,9 +198,25 @@ class Int8Linear(nn.Module):
             quantized = (weight / self.weight_scale[:, None]).round_().clamp_(-levels, levels).to(torch.int8)
         else:
             quantized = gptq_round(weight, self.weight_scale, levels, gram)
-        self._packed = torch.ops.onednn.qlinear_prepack(quantized.contiguous(), None)
+        self._codes = quantized.contiguous()  # kept (1 byte a weight) so that copies and pickles can repack
+        self._packed = torch.ops.onednn.qlinear_prepack(self._codes, None)
         self._zero_points = torch.zeros(self.out_features, dtype=torch.long)
         self.bias = None if bias is None else bias.detach().float().cpu()
+
+    def __getstate__(self):
+        """deepcopy, pickle and `torch.save(model)`: oneDNN's packed weight is an opaque tensor that cannot be copied;
+        the int8 codes can, and `__setstate__` packs them again."""
+        state = super().__getstate__() if hasattr(super(), "__getstate__") else self.__dict__
+        return {**state, "_packed": None}
+
+    def __setstate__(self, state):
+        super().__setstate__(state)
+        self._packed = torch.ops.onednn.qlinear_prepack(self._codes, None)
+
+    def train(self, mode: bool = True):
+        if mode:
+            raise RuntimeError(INFERENCE_ONLY)
+        return super().train(mode)
 
     @classmethod
     def from_linears(
@@ -265,6 +235,8 @@ class Int8Linear(nn.Module):
         return cls(weight, bias, levels, rotation, gram, activation_levels)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.requires_grad and torch.is_grad_enabled():
+            raise RuntimeError(INFERENCE_ONLY)
         shape = x.shape
         rows = x.reshape(-1, self.in_features).float()
         if self.rotation:
@@ -498,9 +470,11 @@ def quantize_int8(
     - `skip`: products to keep in float, by suffix ("mlp.down_proj", "self_attn.o_proj", "self_attn.qkv_proj",
       "mlp.gate_up_proj"; the names of the layers they fuse work too).
 
-    The Dense head stays in float (it runs once per text). For CPU inference: the result cannot be saved (quantize
-    again after loading) nor trained. On a CPU with AMX, bfloat16 is as fast or faster and it warns so; without VNNI,
-    activations use 7 bits. `benchmarks/bench_inference.py` reports speed, agreement and STS-B for each mode.
+    The Dense head stays in float (it runs once per text). For CPU inference: the result cannot be saved with
+    `save_pretrained` (quantize again after loading) nor trained; it can be deep-copied, pickled and `torch.save`-d
+    whole. Where int8 products measure slower than float32 here (`precision_embeddinggemma`), it warns once with the
+    figures; without VNNI, activations use 7 bits. `benchmarks/bench_inference.py` reports speed, agreement and
+    STS-B for each mode.
     """
     if not isinstance(smoothing, dict):
         smoothing = dict.fromkeys([fused for _, fused, _ in PRODUCTS], smoothing)
@@ -520,20 +494,16 @@ def quantize_int8(
         raise RuntimeError(
             f"int8 needs oneDNN's int8 products: {problem}. Use dtype=torch.float32 or bfloat16 instead."
         )
-    if cpu_has_amx():
-        warnings.warn(
-            "This CPU has AMX, where bfloat16 products run faster than int8 ones and closer to float32 "
-            "(docs/performance.md): load with dtype=torch.bfloat16 instead of quantize='int8'.",
-            stacklevel=2,
-        )
     model.eval()
     encoder = getattr(model, "model", model)  # EmbeddingGemmaModel, or the encoder alone
     layers = list(encoder.layers)
     if any(isinstance(module, Int8Linear) for module in encoder.modules()):
         raise ValueError("This model is already quantized to int8; load the float model again to quantize it anew.")
 
+    skip = check_skip(skip)
+
     def skipped(module_name, fused, names):
-        return any(f"{module_name}.{name}".endswith(suffix) for name in (fused, *names) for suffix in skip)
+        return any(_names_match(f"{module_name}.{name}", suffix) for name in (fused, *names) for suffix in skip)
 
     if rotation and (rotation < 0 or rotation & (rotation - 1)):
         raise ValueError(f"rotation={rotation}: expected 0 (none) or a power of two (the Hadamard block size).")
@@ -548,6 +518,7 @@ def quantize_int8(
                 rotate_value_channels(layer.self_attn, hadamard(rotation))
     statistics = {}
     if any(smoothing.values()) or rounding == "gptq":
+        texts = CALIBRATION_TEXTS if calibration_texts is None else check_calibration_texts(calibration_texts)
         if tokenizer is None:
             try:
                 tokenizer = model.tokenizer
@@ -556,9 +527,6 @@ def quantize_int8(
                     "int8 calibrates on text and this model has no tokenizer: pass tokenizer=... (or smoothing=0 and "
                     "rounding='nearest' to quantize without calibration)."
                 ) from error
-        texts = CALIBRATION_TEXTS if calibration_texts is None else list(calibration_texts)
-        if not texts:
-            raise ValueError("calibration_texts is empty: pass some real text, or None for the built-in texts.")
         if any(smoothing.values()):
             maxima = calibrate(model, texts, tokenizer)
             for index, layer in enumerate(layers):
@@ -585,4 +553,51 @@ def quantize_int8(
             )
             if fused == "qkv_proj":
                 module.qkv_sizes = [linear.out_features for linear in linears]
+    warn_if_slower("int8", model.config)
     return model
+
+
+def _names_match(name: str, suffix: str) -> bool:
+    """Whether `suffix` names the product `name` ("self_attn.qkv_proj"): the whole name or its last part."""
+    return name == suffix or name.endswith("." + suffix)
+
+
+def valid_skip_names() -> list[str]:
+    return list(dict.fromkeys(f"{module}.{name}" for module, fused, names in PRODUCTS for name in (fused, *names)))
+
+
+def check_skip(skip) -> tuple[str, ...]:
+    """`skip` as a tuple of product names: a str is one name (not its characters); each must name a product."""
+    if isinstance(skip, str):
+        skip = (skip,)
+    try:
+        skip = tuple(skip)
+    except TypeError:
+        raise TypeError(f"skip={skip!r} must be a product name or a sequence of them.") from None
+    valid = valid_skip_names()
+    unknown = [s for s in skip if not isinstance(s, str) or not any(_names_match(name, s) for name in valid)]
+    if unknown:
+        raise ValueError(
+            f"skip={list(skip)}: {unknown} name no product of this model. Valid names (or their last part, e.g. "
+            f"'down_proj'): {valid}."
+        )
+    return skip
+
+
+def check_calibration_texts(texts) -> list[str]:
+    """A list of non-empty strings, or a clear error naming the first bad entry."""
+    if isinstance(texts, str):
+        raise TypeError("calibration_texts must be a list of texts, not one str (it would be read letter by letter).")
+    try:
+        texts = list(texts)
+    except TypeError:
+        raise TypeError(f"calibration_texts must be a list of texts, got {type(texts).__name__}.") from None
+    if not texts:
+        raise ValueError("calibration_texts is empty: pass some real text, or None for the built-in texts.")
+    for index, text in enumerate(texts):
+        if not isinstance(text, str) or not text.strip():
+            raise ValueError(
+                f"calibration_texts[{index}] is {text!r}; every calibration text must be a non-empty str "
+                "(real text like the model will embed)."
+            )
+    return texts

@@ -17,6 +17,7 @@ setup(
         "fast_path_embeddinggemma",
         "encoding_embeddinggemma",
         "quantization_embeddinggemma",
+        "precision_embeddinggemma",
         "pipeline_embeddinggemma",
         "convert_checkpoint",
         "export_embeddinggemma",

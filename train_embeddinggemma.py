@@ -220,10 +220,12 @@ def teacher_embeddings(
 ) -> np.ndarray:
     """(len(rows), columns, dim) teacher embeddings of every column (with its prompt), computed once: the cache key
     covers the teacher's files, the texts, the prompts and the dtype, so a change to any of them recomputes.
-    `dtype="bfloat16"` runs the teacher in bfloat16 (several times faster on CPUs with native bf16; embeddings within
-    ~2e-4 cosine of float32's, normalised in float32)."""
+    `dtype="bfloat16"` runs the teacher in bfloat16 (faster where bf16 products are; embeddings within ~2e-4 cosine
+    of float32's, normalised in float32); "auto" takes bfloat16 where `native_bf16()` measures it faster."""
+    if dtype == "auto":
+        dtype = "bfloat16" if native_bf16() else "float32"
     if dtype not in ("float32", "bfloat16"):
-        raise ValueError(f"Teacher dtype {dtype!r}: expected float32 or bfloat16 (float16 overflows in Gemma).")
+        raise ValueError(f"Teacher dtype {dtype!r}: expected auto, float32 or bfloat16 (float16 overflows in Gemma).")
     from embed_corpus import fingerprint_folder
 
     columns = [c for c in TEXT_COLUMNS if c in rows[0]]
@@ -530,7 +532,7 @@ def train(
     eval_prompt_name: str | None = "STS",
     eval_every_minutes: float | None = None,
     curve_offset_minutes: float = 0.0,
-    teacher_dtype: str = "float32",
+    teacher_dtype: str = "auto",
     save_steps: int = 50,
     resume: bool = False,
     seed: int = 0,
@@ -622,6 +624,7 @@ def train(
     warmup_args = (
         {"warmup_steps": warmup} if int(transformers.__version__.split(".")[0]) >= 5 else {"warmup_ratio": warmup}
     )
+    bf16_source = "--bf16/--no-bf16" if bf16 is not None else "measured (precision_embeddinggemma)"
     if bf16 is None:
         bf16 = native_bf16()
     args = SentenceTransformerTrainingArguments(
@@ -687,6 +690,8 @@ def train(
                     "batch_size": batch_size,
                     "learning_rate": learning_rate,
                     "bf16": bool(bf16),
+                    "bf16_chosen_by": bf16_source,
+                    "teacher_dtype": resolved_teacher_dtype(teacher_dtype),
                     "gradient_checkpointing": gradient_checkpointing,
                     "freeze_embeddings": freeze_embeddings,
                     "group_by_length": group_by_length,
@@ -701,13 +706,16 @@ def train(
 
 
 def native_bf16() -> bool:
-    """bfloat16 mixed precision pays where products run natively in bf16: GPUs with bf16, CPUs with AVX512_BF16/AMX
-    (there ~5-8x float32's products); elsewhere it is slower than float32."""
-    if torch.cuda.is_available():
-        return torch.cuda.is_bf16_supported()
-    from quantization_embeddinggemma import cpu_has_native_bf16
+    """bfloat16 mixed precision pays where bf16 products are faster than float32 ones: GPUs with bf16, and CPUs where
+    the precision probe measures them faster (flags alone are not enough: one Xeon VM lists AVX512_BF16 and runs
+    bf16 no faster; precision_embeddinggemma.py)."""
+    from precision_embeddinggemma import bf16_autocast_pays
 
-    return cpu_has_native_bf16()
+    return bf16_autocast_pays()
+
+
+def resolved_teacher_dtype(teacher_dtype: str) -> str:
+    return ("bfloat16" if native_bf16() else "float32") if teacher_dtype == "auto" else teacher_dtype
 
 
 def _recipe_trainer_class():
@@ -875,7 +883,12 @@ def main(argv: list[str] | None = None) -> int:
         "or a .jsonl/.csv/.parquet file of anchor,positive[,negative] rows",
     )
     t.add_argument("--teacher", help="teacher embedding model folder (SentenceTransformer-loadable)")
-    t.add_argument("--teacher-dtype", default="float32", choices=("float32", "bfloat16"))
+    t.add_argument(
+        "--teacher-dtype",
+        default="auto",
+        choices=("auto", "float32", "bfloat16"),
+        help="dtype of the teacher when caching its embeddings (default auto: bfloat16 where measured faster)",
+    )
     for name, default in (("nce", 1.0), ("gor", 1.0), ("distill", 1.0)):
         t.add_argument(f"--{name}-weight", type=float, default=default)
     t.add_argument("--max-steps", type=int, help="plan and stop by steps (default 100 without --max-minutes)")
@@ -923,7 +936,8 @@ def main(argv: list[str] | None = None) -> int:
         "--bf16",
         action=argparse.BooleanOptionalAction,
         default=None,
-        help="bfloat16 mixed precision (default: on GPUs with bf16 and CPUs with AVX512_BF16/AMX)",
+        help="bfloat16 mixed precision (default: on GPUs with bf16, and on CPUs where bf16 products measure faster "
+        "than float32 ones; the choice is recorded in training_summary.json)",
     )
     t.add_argument("--cache-dir", help="teacher-embedding cache (default OUTPUT_DIR/teacher-cache)")
     t.add_argument("--seed", type=int, default=0)

@@ -360,6 +360,7 @@ def main() -> int:
     print(f"model: {'a tiny random model (overheads only)' if ctx['smoke'] else ctx['source']}")
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {os.cpu_count()} CPUs, {platform_line()}")
     ceiling = gemm_ceiling(reference_model)
+    print(probe_line(reference_model.config))
     del reference_model
     rng = np.random.default_rng(0)
     counts = {"short": 16, "documents": 3, "mixed": 6} if ctx["smoke"] else {"short": 512, "documents": 10, "mixed": 24}
@@ -551,6 +552,23 @@ CPU_FLAGS = (
     "amx_bf16",
     "amx_int8",
 )
+
+
+def probe_line(config) -> str:
+    """The precision probe's figures (what `precision="fastest"` and the slower-than-float32 warnings decide by),
+    measured afresh, and the mode it picks."""
+    import precision_embeddinggemma as precision
+
+    figures = precision.measure_products(config, use_cache=False)
+    best, _ = precision.fastest_precision(config)
+    parts = [
+        f"{mode} "
+        + " / ".join(f"{rate:.0f}" for rate in rates.values())
+        + (f" ({precision.speedup(figures, mode):.2f}x fp32)" if mode != "float32" else "")
+        for mode, rates in figures.items()
+    ]
+    tokens = " / ".join(map(str, precision.PROBE_TOKENS))
+    return f"precision probe (GFLOP/s at {tokens} tokens): " + ", ".join(parts) + f"; precision='fastest' picks {best}"
 
 
 def platform_line() -> str:

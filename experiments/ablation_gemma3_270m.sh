@@ -20,7 +20,7 @@ mkdir -p "$OUT"
 for folder in teacher student; do
     [ -d "$WORK/$folder" ] || { echo "error: $WORK/$folder is missing: run experiments/recipe_gemma3_270m.sh $WORK first" >&2; exit 2; }
 done
-COMMON=(--teacher "$WORK/teacher" --teacher-dtype bfloat16 --cache-dir "$WORK/teacher-cache"
+COMMON=(--teacher "$WORK/teacher" --cache-dir "$WORK/teacher-cache"
         --held-out "$STS_TEST" --held-out "$DATA/sick/SICK_test_annotated.txt"
         --max-minutes "$MINUTES" --warmup 0.05 --save-steps 100000)
 TEXTS=(--data "texts:$DATA/stsbenchmark/sts-train.csv" --data "texts:$DATA/stsbenchmark/sts-dev.csv"

@@ -39,7 +39,7 @@ if [ ! -s "$WORK/teacher-scores.txt" ]; then
 fi
 echo "== teacher"; cat "$WORK/teacher-scores.txt"
 
-COMMON=(--teacher "$WORK/teacher" --teacher-dtype bfloat16 --cache-dir "$WORK/teacher-cache" "${HELD_OUT[@]}"
+COMMON=(--teacher "$WORK/teacher" --cache-dir "$WORK/teacher-cache" "${HELD_OUT[@]}"
         --eval-sts-file "$STS_TEST" --eval-every-minutes "$EVAL_EVERY" --save-steps 200)
 echo "== stage 1: fitted head, then distillation of single sentences ($DISTILL_MINUTES training minutes)"
 t $PY train_embeddinggemma.py train "$WORK/student" "$WORK/distill" "${COMMON[@]}" \

@@ -1,6 +1,7 @@
 import os
 import subprocess
 import sys
+import tempfile
 import textwrap
 from pathlib import Path
 
@@ -10,6 +11,8 @@ import torch
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+# The precision probe's cache (precision_embeddinggemma.py) goes to a folder of this run, not the user's home.
+os.environ.setdefault("EMBEDDINGGEMMA_CACHE", tempfile.mkdtemp(prefix="embeddinggemma-test-cache-"))
 
 from testing_embeddinggemma import build_tiny_sentence_transformer, train_tiny_tokenizer  # noqa: E402
 

@@ -61,6 +61,8 @@ def test_bench_inference_smoke(tmp_path):
             assert float(row[7]) <= 1e-5, row  # our fast path vs our reference path
     ceilings = [line for line in result.stdout.splitlines() if line.startswith("|") and "GEMM ceiling" in line]
     assert len(ceilings) == 3 * 3 and any("int8 GEMM ceiling" in line for line in ceilings)  # fp32, bf16, int8
+    (probe,) = [line for line in result.stdout.splitlines() if line.startswith("precision probe")]
+    assert "float32" in probe and "bfloat16" in probe and "precision='fastest' picks" in probe
     # tokens/s against text length: one line per system in the table and in the plot
     svg = plot.read_text()
     assert svg.startswith("<svg") and svg.count("<polyline") == len(systems)

@@ -337,6 +337,7 @@ def test_remote_code_files_are_the_repository_modules(tiny_converted_dir):
         "fast_path_embeddinggemma.py",
         "encoding_embeddinggemma.py",
         "quantization_embeddinggemma.py",
+        "precision_embeddinggemma.py",
         "configuration_embeddinggemma.py",
         "pipeline_embeddinggemma.py",
     ]:
