@@ -350,6 +350,19 @@ def load_into(module: torch.nn.Module, state_dict: dict[str, torch.Tensor]) -> t
 # ----------------------------------------------------------------------------------------------------------------
 
 
+def module_folder(folder: Path, module: dict) -> Path:
+    """The folder of one modules.json entry, which must lie inside `folder`: an absolute path or one that climbs out
+    with `..` is refused (a folder from the Hub is untrusted input; it must not make us read elsewhere)."""
+    relative = str(module.get("path", ""))
+    normal = os.path.normpath(relative) if relative else ""
+    if os.path.isabs(relative) or normal == ".." or normal.startswith(".." + os.sep):
+        raise ConversionError(
+            f"{folder}/modules.json gives module {module.get('name', module.get('idx'))!r} the path {relative!r}, "
+            "outside the folder; a sentence-transformers module's path is a subfolder (e.g. '2_Dense') or ''."
+        )
+    return folder / normal if normal not in ("", ".") else folder
+
+
 def read_sentence_transformers(path: Path, name: str, **_) -> Source:
     """google/embeddinggemma-300m's layout: Transformer (Gemma3TextModel) -> Pooling(mean) -> Dense* -> Normalize."""
     folder = require_folder(path, "sentence-transformers")
@@ -360,7 +373,7 @@ def read_sentence_transformers(path: Path, name: str, **_) -> Source:
             f"{folder}/modules.json starts with {kinds[:1]}; expected a sentence-transformers Transformer module "
             "first (the google/embeddinggemma-300m layout)."
         )
-    transformer_dir = folder / modules[0].get("path", "")
+    transformer_dir = module_folder(folder, modules[0])
     backbone = read_json(transformer_dir / "config.json")
     refuse_embeddinggemma_folder(folder, backbone, "sentence-transformers (google/embeddinggemma-300m layout)")
     if backbone.get("model_type") != "gemma3_text":
@@ -374,7 +387,7 @@ def read_sentence_transformers(path: Path, name: str, **_) -> Source:
     dense_out_features, dense_bias, dense_activation, head_state, normalize = [], None, None, {}, False
     pooling_mode = "mean"
     for module, kind in zip(modules[1:], kinds[1:]):
-        module_dir = folder / module.get("path", "")
+        module_dir = module_folder(folder, module)
         if kind == "Pooling":
             pooling = read_json(module_dir / "config.json")
             mode = pooling.get("pooling_mode")  # sentence-transformers >= 5.5 writes a compact string
@@ -1311,9 +1324,20 @@ def push_folder(folder: Path, repo_id: str, private: bool) -> str:
 # ----------------------------------------------------------------------------------------------------------------
 
 
+def check_not_a_link(output_dir: Path) -> None:
+    """An OUTPUT_DIR that is a symbolic link is refused: --overwrite would replace whatever it points to, which may
+    lie anywhere."""
+    if output_dir.is_symlink():
+        raise ConversionError(
+            f"{output_dir} is a symbolic link (to {os.readlink(output_dir)}); the converter writes only real folders, "
+            "so that --overwrite never replaces something elsewhere. Give the folder itself as OUTPUT_DIR."
+        )
+
+
 def check_output_dir(output_dir: Path, overwrite: bool) -> None:
     """Refuses an output that is a file, a non-empty folder without --overwrite, or a place that cannot be written
     (read-only, no permission): before anything is read or downloaded."""
+    check_not_a_link(output_dir)
     if output_dir.exists() and not output_dir.is_dir():
         raise ConversionError(f"{output_dir} exists and is not a folder; choose another OUTPUT_DIR.")
     if output_dir.is_dir() and any(output_dir.iterdir()) and not overwrite:
@@ -1619,6 +1643,7 @@ def convert(
         raise ConversionError("--gguf-type applies to --to gguf; add gguf to --to.")
     if gguf_types and set(gguf_types) - set(GGUF_TYPES):
         raise ConversionError(f"--gguf-type {','.join(gguf_types)} is not supported; expected some of {GGUF_TYPES}.")
+    check_not_a_link(Path(output_dir).expanduser())
     output_dir = Path(output_dir).expanduser().resolve()
     check_output_dir(output_dir, overwrite)  # fail before downloading or reading anything
     options = ExportOptions(name=(push_to_hub or output_dir.name).split("/")[-1], gguf_types=gguf_types or ["f32"])

@@ -29,6 +29,7 @@ import os
 import shutil
 import sys
 import time
+import unicodedata
 from pathlib import Path
 
 import numpy as np
@@ -92,8 +93,17 @@ def read_texts(path: str | os.PathLike) -> list[dict]:
 
 
 def text_key(text: str) -> str:
-    """Texts compared case- and whitespace-insensitively, so a held-out sentence is caught however it is spaced."""
-    return " ".join(text.lower().split())
+    """Texts compared after Unicode compatibility normalisation (NFKC: composed accents, full-width letters,
+    ligatures), case folding, with runs of whitespace as one space and punctuation at either end removed, so that a
+    held-out sentence is caught however it is cased, spaced, encoded or punctuated. Idempotent: a key is its own key."""
+    text = unicodedata.normalize("NFKC", unicodedata.normalize("NFKC", text).casefold())
+    text = " ".join(text.split())
+    start, end = 0, len(text)
+    while start < end and (unicodedata.category(text[start])[0] == "P" or text[start].isspace()):
+        start += 1
+    while end > start and (unicodedata.category(text[end - 1])[0] == "P" or text[end - 1].isspace()):
+        end -= 1
+    return text[start:end]
 
 
 def held_out_texts(paths: list[str | os.PathLike]) -> set[str]:
@@ -235,8 +245,9 @@ def teacher_embeddings(
     if dtype != "float32":
         digest.update(dtype.encode())
     cache = Path(cache_dir) / f"teacher-{digest.hexdigest()[:24]}.npy"
-    if cache.is_file():
-        return np.load(cache)
+    cached = read_teacher_cache(cache, digest.hexdigest(), (len(rows), len(columns)))
+    if cached is not None:
+        return cached
     from sentence_transformers import SentenceTransformer
 
     model = SentenceTransformer(str(teacher), device="cpu", trust_remote_code=True).to(getattr(torch, dtype))
@@ -247,8 +258,50 @@ def teacher_embeddings(
     cache.parent.mkdir(parents=True, exist_ok=True)
     tmp = cache.with_name(f".{cache.name}.tmp.npy")
     np.save(tmp, vectors)
+    write_json(
+        cache.with_suffix(".json"),
+        {"key": digest.hexdigest(), "shape": list(vectors.shape), "sha256": file_sha256(tmp), "dtype": dtype},
+    )
     os.replace(tmp, cache)
     return vectors
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def read_teacher_cache(cache: Path, key: str, rows_columns: tuple[int, int]) -> np.ndarray | None:
+    """The cached teacher embeddings if they are provably these: the record beside them names this key (teacher files,
+    texts, prompts, dtype), the file's checksum matches it, and the array has one finite unit vector per text and
+    column. Anything else (a damaged file, another teacher's or prompt's cache copied in, a cache from before these
+    records) is reported and recomputed, never used."""
+    if not cache.is_file():
+        return None
+    record_path = cache.with_suffix(".json")
+    try:
+        record = json.loads(record_path.read_text())
+        problem = None
+        if record.get("key") != key:
+            problem = "it was computed for another teacher, text list, prompt or dtype"
+        elif record.get("sha256") != file_sha256(cache):
+            problem = "its checksum does not match (the file is damaged or was replaced)"
+        else:
+            vectors = np.load(cache, allow_pickle=False)
+            norms = np.linalg.norm(vectors, axis=-1) if vectors.ndim == 3 else None
+            if vectors.shape[:2] != tuple(rows_columns) or norms is None:
+                problem = f"it holds shape {vectors.shape}, not {rows_columns} texts x columns"
+            elif not np.isfinite(vectors).all() or np.abs(norms - 1).max() > 1e-3:
+                problem = "it holds NaN, infinite or non-unit vectors"
+    except (OSError, ValueError, AttributeError) as error:
+        problem = f"it cannot be read with its record ({type(error).__name__}: {error})"
+    if problem is None:
+        return vectors
+    print(f"warning: ignoring the teacher cache {cache}: {problem}; computing it again.", file=sys.stderr)
+    return None
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -862,7 +915,8 @@ def check_held_out(run_dirs: list[str], held_out: list[str]) -> int:
         listing = Path(run) / "trained_texts.txt"
         if not listing.is_file():
             raise FileNotFoundError(f"{listing} does not exist: is {run} a `train` OUTPUT_DIR?")
-        trained |= {line for line in listing.read_text(encoding="utf-8").splitlines() if line}
+        # keyed again: listings written before text_key learned Unicode and punctuation are checked the same way
+        trained |= {text_key(line) for line in listing.read_text(encoding="utf-8").splitlines() if line}
     leaked = sorted(trained & keys)
     if leaked:
         raise ValueError(f"{len(leaked)} held-out texts were trained on, e.g. {leaked[:3]}.")

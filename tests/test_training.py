@@ -428,3 +428,58 @@ def test_plot_learning_curve_writes_a_small_svg_and_a_table(tmp_path):
     assert "60.50" not in result.stdout  # the second stage's start repeats the first stage's end
     svg = (tmp_path / "curve.svg").read_text()
     assert svg.startswith("<svg") and svg.count("<polyline") == 2 and len(svg) < 20_000
+
+
+@pytest.mark.parametrize(
+    "variant",
+    [
+        "A CAT SLEEPS",  # case
+        "a  cat\tsleeps ",  # whitespace
+        "a cat sleeps.",  # trailing punctuation
+        "«a cat sleeps!»",  # punctuation at both ends
+        "ａ ｃａｔ ｓｌｅｅｐｓ",  # full-width letters: NFKC
+        "a cat sleeps",
+    ],
+)
+def test_check_held_out_catches_near_duplicates(tmp_path, variant):
+    test = write_sts(tmp_path / "sts-test.csv", [("a cat sleeps", "caf\u00e9 au lait", 2.0)])
+    held_out = te.held_out_texts([test])
+    assert te.drop_held_out([{"anchor": variant}], held_out)[1] == 1
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "trained_texts.txt").write_text("\n".join(te.trained_texts([{"anchor": variant}])) + "\n")
+    with pytest.raises(ValueError, match="1 held-out texts were trained on"):
+        te.check_held_out([str(run)], [str(test)])
+    decomposed = "cafe\u0301 au lait"  # NFD: e + combining accent
+    assert te.drop_held_out([{"anchor": decomposed}], held_out)[1] == 1
+    (run / "trained_texts.txt").write_text(decomposed + "\n")  # a listing written by hand, or before these keys
+    with pytest.raises(ValueError, match="held-out texts were trained on"):
+        te.check_held_out([str(run)], [str(test)])
+    assert te.text_key(te.text_key(variant)) == te.text_key(variant)
+
+
+def test_a_damaged_or_foreign_teacher_cache_is_never_used(tiny_converted_dir, tmp_path, capsys):
+    prompts = {"anchor": "task: search result | query: ", "positive": "", "negative": ""}
+    first = te.teacher_embeddings(str(tiny_converted_dir), TOY_ROWS, prompts, tmp_path)
+    (cache,) = tmp_path.glob("teacher-*.npy")
+    other = te.teacher_embeddings(str(tiny_converted_dir), TOY_ROWS[:-1], prompts, tmp_path)
+    (other_cache,) = [p for p in tmp_path.glob("teacher-*.npy") if p != cache]
+    # another text list's cache copied over this one (with its record): the key says so
+    for suffix in (".npy", ".json"):
+        cache.with_suffix(suffix).write_bytes(other_cache.with_suffix(suffix).read_bytes())
+    again = te.teacher_embeddings(str(tiny_converted_dir), TOY_ROWS, prompts, tmp_path)
+    assert "computed for another teacher, text list, prompt or dtype" in capsys.readouterr().err
+    np.testing.assert_allclose(again, first, atol=1e-6)
+    assert other.shape[0] == len(TOY_ROWS) - 1
+    # damaged bytes: the checksum says so
+    data = bytearray(cache.read_bytes())
+    data[-8:] = b"\x00\x00\xc0\x7f" * 2  # NaNs in the last vector
+    cache.write_bytes(bytes(data))
+    again = te.teacher_embeddings(str(tiny_converted_dir), TOY_ROWS, prompts, tmp_path)
+    assert "checksum does not match" in capsys.readouterr().err and np.isfinite(again).all()
+    # a cache without its record (written before records existed): recomputed
+    cache.with_suffix(".json").unlink()
+    te.teacher_embeddings(str(tiny_converted_dir), TOY_ROWS, prompts, tmp_path)
+    assert "cannot be read with its record" in capsys.readouterr().err
+    te.teacher_embeddings(str(tiny_converted_dir), TOY_ROWS, prompts, tmp_path)
+    assert capsys.readouterr().err == ""  # sound again: used silently

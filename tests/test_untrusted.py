@@ -144,3 +144,30 @@ def test_one_text_alone_and_in_a_batch_agree_on_every_path():
                 length = int(attention_mask[row].sum())
                 alone = model(input_ids=input_ids[row : row + 1, :length]).sentence_embedding
                 torch.testing.assert_close(alone[0], batch[row], atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("path", ["../elsewhere", "/etc", "2_Dense/../../x"])
+def test_a_modules_json_pointing_outside_the_folder_is_refused(tiny_st_dir, tmp_path, path):
+    from convert_checkpoint import ConversionError, convert
+
+    source = tmp_path / "source"
+    shutil.copytree(tiny_st_dir, source)
+    modules = json.loads((source / "modules.json").read_text())
+    modules[-2]["path"] = path
+    (source / "modules.json").write_text(json.dumps(modules))
+    with pytest.raises(ConversionError, match="outside the folder"):
+        convert(str(source), tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_symlinked_output_is_refused_and_its_target_untouched(tiny_st_dir, tmp_path):
+    from convert_checkpoint import ConversionError, convert
+
+    target = tmp_path / "precious"
+    target.mkdir()
+    (target / "keep.txt").write_text("mine")
+    link = tmp_path / "out"
+    link.symlink_to(target)
+    with pytest.raises(ConversionError, match="is a symbolic link"):
+        convert(str(tiny_st_dir), link, overwrite=True)
+    assert (target / "keep.txt").read_text() == "mine" and link.is_symlink()
