@@ -423,6 +423,66 @@ def budget_schedule(clock: TrainingClock, warmup: float):
     return factor
 
 
+class Termination:
+    """SIGTERM during `train`: the step in progress finishes, a checkpoint is saved (with the clock), and the run exits
+    with 143 saying how to resume, instead of dying between checkpoints and losing the steps since the last one."""
+
+    requested = False
+    depth = 0  # `main` holds it from the start (a SIGTERM while loading is kept for the first step), `train` again
+    previous = None
+
+    def __enter__(self):
+        import signal
+        import threading
+
+        if self.depth == 0:
+            self.requested, self.previous = False, None
+            if threading.current_thread() is threading.main_thread():
+                self.previous = signal.signal(signal.SIGTERM, self.request)
+        self.depth += 1
+        return self
+
+    def request(self, signum, frame):
+        self.requested = True
+
+    def __exit__(self, *exc):
+        import signal
+
+        self.depth -= 1
+        if self.depth == 0 and self.previous is not None:
+            signal.signal(signal.SIGTERM, self.previous)
+            self.previous = None
+        return False
+
+
+TERMINATION = Termination()
+
+# train()'s arguments that may change between a run and its --resume: they decide where files go, how often
+# checkpoints, logs and the learning curve are written, not what is trained.
+RESUMABLE_CHANGES = {"resume", "cache_dir", "logging_steps", "save_steps", "eval_every_minutes", "eval_sts_file"}
+
+
+def check_resume_arguments(output: Path, arguments: dict, resuming: bool) -> None:
+    """Records the run's arguments (OUTPUT_DIR/run_arguments.json) and, on --resume, refuses a run whose arguments
+    differ from the recorded ones, naming each: the data order, the schedule and the losses would silently change."""
+    path = output / "run_arguments.json"
+    recorded = json.loads(json.dumps(arguments, default=str))
+    if resuming and path.is_file():
+        before = json.loads(path.read_text())
+        changed = {
+            key: (before.get(key), recorded.get(key))
+            for key in sorted(set(before) | set(recorded))
+            if key not in RESUMABLE_CHANGES and before.get(key) != recorded.get(key)
+        }
+        if changed:
+            listing = "; ".join(f"{key}: {old!r} -> {new!r}" for key, (old, new) in changed.items())
+            raise ValueError(
+                f"--resume with other arguments than the run in {output}: {listing}. Resume with the same arguments "
+                "(run_arguments.json records them), or start a new run in another OUTPUT_DIR."
+            )
+    write_json(path, recorded)
+
+
 def budget_callback(clock: TrainingClock, evaluation=None, eval_every_minutes: float | None = None):
     """A TrainerCallback that stops (and saves) when the clock's budget is spent, evaluates every
     `eval_every_minutes` of training time with the clock paused (`evaluation(model, minutes, step)`), and writes the
@@ -453,7 +513,7 @@ def budget_callback(clock: TrainingClock, evaluation=None, eval_every_minutes: f
             self.maybe_evaluate(state, model)
 
         def on_step_end(self, args, state, control, model=None, **kwargs):
-            if clock.out_of_time():
+            if clock.out_of_time() or TERMINATION.requested:
                 control.should_training_stop = control.should_save = True
             else:
                 self.maybe_evaluate(state, model)
@@ -600,7 +660,9 @@ def train(
     not counted. `max_steps` plans it by steps instead (default 100 when neither is given); with both, whichever
     comes first stops it. OUTPUT_DIR/training_summary.json records steps, seconds, tokens and tokens/s;
     `held_out` files' texts (STS-B/SICK) are removed from the data and OUTPUT_DIR/trained_texts.txt lists every
-    text trained on (`check-held-out` verifies it)."""
+    text trained on (`check-held-out` verifies it). SIGTERM finishes the step, saves a checkpoint and exits 143;
+    `resume=True` with other arguments than the recorded run's (OUTPUT_DIR/run_arguments.json) is refused."""
+    arguments = {name: value for name, value in locals().items() if name not in ("model_dir", "output_dir")}
     from datasets import Dataset, DatasetDict
     from sentence_transformers import (
         SentenceTransformer,
@@ -655,6 +717,7 @@ def train(
 
     checkpoints = sorted(output.glob("checkpoint-*"), key=lambda c: int(c.name.rsplit("-", 1)[-1]))
     resuming = resume and bool(checkpoints)
+    check_resume_arguments(output, arguments, resuming)
     budget_file = checkpoints[-1] / "budget.json" if resuming else None
     elapsed = json.loads(budget_file.read_text())["elapsed_seconds"] if budget_file and budget_file.is_file() else 0.0
     clock = TrainingClock(max_minutes, elapsed)
@@ -711,7 +774,15 @@ def train(
     trainer = RecipeTrainer(
         model=model, args=args, train_dataset=train_dataset, loss=loss, callbacks=[callback], clock=clock, warmup=warmup
     )
-    trainer.train(resume_from_checkpoint=True if resuming else None)
+    with TERMINATION:
+        trainer.train(resume_from_checkpoint=True if resuming else None)
+    if TERMINATION.requested:
+        print(
+            f"stopped by SIGTERM after step {trainer.state.global_step}; checkpoint-{trainer.state.global_step} is "
+            "saved with the training clock. Continue with the same command and --resume.",
+            file=sys.stderr,
+        )
+        raise SystemExit(143)
     if trainer.state.global_step == 0:
         raise ValueError(
             f"No training step ran: {len(rows)} rows give no full batch of {batch_size} distinct texts per dataset "
@@ -1010,6 +1081,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         if args.command == "train":
+            TERMINATION.__enter__()  # for the whole command: a SIGTERM while loading stops after the first step
             final = train(
                 args.model_dir,
                 args.output_dir,

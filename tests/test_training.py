@@ -3,6 +3,7 @@ processes gather negatives like one process, souping averages, the teacher cache
 evaluation prints one Spearman per Matryoshka dim."""
 
 import json
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -145,24 +146,43 @@ def test_training_changes_weights_lowers_the_loss_and_exports_our_format(student
     assert after < before
     assert json.loads((final / "config.json").read_text())["architectures"] == ["EmbeddingGemmaModel"]
     assert {p.name for p in (tmp_path / "run").glob("checkpoint-*")} == {"checkpoint-4", "checkpoint-8"}
-    # resumable: asking for more steps continues from checkpoint-8 (with learning rate 0, a run restarted from
-    # scratch would give back the student's weights; a resumed one starts from the trained ones)
+    # resumable: as if killed after checkpoint-4, the same command with --resume runs steps 5-8 only, and ends with
+    # the weights of the uninterrupted run (same data order, same schedule)
+    shutil.rmtree(tmp_path / "run" / "checkpoint-8")
     resumed = te.train(
         str(student),
         str(tmp_path / "run"),
         TOY_ROWS,
         teacher=str(tiny_converted_dir),
-        max_steps=10,
+        max_steps=8,
         batch_size=8,
-        learning_rate=0.0,
+        learning_rate=2e-3,
+        warmup=0,
         save_steps=4,
         resume=True,
         cache_dir=str(tmp_path / "cache"),
     )
-    state = json.loads((tmp_path / "run" / "checkpoint-10" / "trainer_state.json").read_text())
-    assert state["global_step"] == 10
+    state = json.loads((tmp_path / "run" / "checkpoint-8" / "trainer_state.json").read_text())
+    assert state["global_step"] == 8
+    assert json.loads((tmp_path / "run" / "training_summary.json").read_text())["this_run"]["optimizer_steps"] == 4
     resumed_weights = load_file(resumed / "model.safetensors")
-    assert any(not torch.equal(old[k], resumed_weights[k]) for k in old)
+    for key in new:
+        torch.testing.assert_close(resumed_weights[key], new[key], atol=1e-5, rtol=0)
+    # a resume that changes what is trained is refused, naming the change
+    with pytest.raises(ValueError, match=r"--resume with other arguments .* learning_rate: 0.002 -> 0.001"):
+        te.train(
+            str(student),
+            str(tmp_path / "run"),
+            TOY_ROWS,
+            teacher=str(tiny_converted_dir),
+            max_steps=8,
+            batch_size=8,
+            learning_rate=1e-3,
+            warmup=0,
+            save_steps=4,
+            resume=True,
+            cache_dir=str(tmp_path / "cache"),
+        )
 
 
 def test_teacher_cache_is_reused_and_invalidated(tiny_converted_dir, tmp_path, monkeypatch):
@@ -483,3 +503,46 @@ def test_a_damaged_or_foreign_teacher_cache_is_never_used(tiny_converted_dir, tm
     assert "cannot be read with its record" in capsys.readouterr().err
     te.teacher_embeddings(str(tiny_converted_dir), TOY_ROWS, prompts, tmp_path)
     assert capsys.readouterr().err == ""  # sound again: used silently
+
+
+def test_sigterm_saves_a_checkpoint_and_resume_continues_it(student, tiny_converted_dir, tmp_path):
+    """SIGTERM in the middle of a --max-minutes run: the step in progress finishes, a checkpoint with the clock is
+    saved, the process exits 143; --resume continues the step count and the clock."""
+    import signal
+    import time
+
+    data = tmp_path / "rows.jsonl"
+    data.write_text("".join(json.dumps(row) + "\n" for row in TOY_ROWS))
+    run = tmp_path / "run"
+    command = [
+        sys.executable, str(REPO / "train_embeddinggemma.py"), "train", str(student), str(run), "--data", str(data),
+        "--teacher", str(tiny_converted_dir), "--batch-size", "8", "--save-steps", "100000",
+        "--cache-dir", str(tmp_path / "cache"), "--learning-rate", "1e-3",
+    ]  # fmt: skip
+    process = subprocess.Popen([*command, "--max-minutes", "10"], stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 300
+    while not list((tmp_path / "cache").glob("teacher-*.json")) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    time.sleep(10)  # training has begun
+    process.send_signal(signal.SIGTERM)
+    _, stderr = process.communicate(timeout=300)
+    assert process.returncode == 143, stderr[-2000:]
+    assert "stopped by SIGTERM after step" in stderr and "--resume" in stderr
+    (checkpoint,) = run.glob("checkpoint-*")
+    steps = int(checkpoint.name.split("-")[1])
+    elapsed = json.loads((checkpoint / "budget.json").read_text())["elapsed_seconds"]
+    assert steps >= 1 and elapsed > 0
+    # the same command with --resume and a step limit just past the checkpoint: continues, does not restart
+    changed = subprocess.run([*command, "--max-minutes", "10", "--resume", "--learning-rate", "2e-3"],
+                             capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert changed.returncode != 0 and "learning_rate: 0.001 -> 0.002" in changed.stderr
+    # the same command with --resume: continues the step count and the clock (stopped again the same way)
+    process = subprocess.Popen([*command, "--max-minutes", "10", "--resume"], stderr=subprocess.PIPE, text=True)
+    time.sleep(20)
+    process.send_signal(signal.SIGTERM)
+    _, stderr = process.communicate(timeout=300)
+    assert process.returncode == 143, stderr[-2000:]
+    last = max(run.glob("checkpoint-*"), key=lambda c: int(c.name.split("-")[1]))
+    assert int(last.name.split("-")[1]) > steps
+    assert json.loads((last / "budget.json").read_text())["elapsed_seconds"] > elapsed
+    assert json.loads((last / "trainer_state.json").read_text())["global_step"] == int(last.name.split("-")[1])
