@@ -506,6 +506,84 @@ def run_local(
     return sum(embedder.embed_shard(shard) for shard in tqdm(pending, desc="Shards", unit="shard"))
 
 
+RAY_HELPERS = ".ray-helpers.json"  # in the output folder while a run's embedded Ray is up: its processes
+
+
+def process_start_time(pid: int) -> str | None:
+    """The start time of `pid` in clock ticks since boot (Linux /proc), which tells a process from a later one that
+    reuses its pid; None where it is gone or /proc is not there."""
+    try:
+        with open(f"/proc/{pid}/stat") as handle:
+            return handle.read().rsplit(")", 1)[1].split()[19]
+    except (OSError, IndexError):
+        return None
+
+
+def descendants(pid: int) -> list[int]:
+    """Every process below `pid` in the process tree (Linux /proc; [] elsewhere)."""
+    children: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc") if os.path.isdir("/proc") else []:
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as handle:
+                    parent = int(handle.read().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+            children.setdefault(parent, []).append(int(entry))
+    found, stack = [], [pid]
+    while stack:
+        for child in children.get(stack.pop(), []):
+            found.append(child)
+            stack.append(child)
+    return found
+
+
+def record_ray_helpers(output: Path) -> None:
+    """Writes the embedded Ray's processes (this driver's descendants) beside the output: Ray's dashboard and
+    runtime-env agents outlive a driver killed with SIGKILL (they are re-parented to init), and the next run uses this
+    record to end them."""
+    helpers = [{"pid": pid, "start": process_start_time(pid)} for pid in descendants(os.getpid())]
+    record = {"host": socket.gethostname(), "driver": os.getpid(), "start": process_start_time(os.getpid())}
+    write_json_atomically(output / RAY_HELPERS, {**record, "helpers": helpers})
+
+
+def end_ray_leftovers(output: Path) -> list[int]:
+    """Ends the Ray helper processes that a killed earlier run on this output left behind (only those it recorded,
+    still with the same start time, on this host, whose driver is gone), and returns their pids."""
+    import signal
+
+    path = output / RAY_HELPERS
+    try:
+        record = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return []
+    driver_alive = process_alive(record.get("driver")) and process_start_time(record["driver"]) == record.get("start")
+    if record.get("host") != socket.gethostname() or driver_alive:
+        return []
+    ended = []
+    for helper in record.get("helpers") or []:
+        pid = helper.get("pid")
+        if isinstance(pid, int) and pid > 0 and process_start_time(pid) == helper.get("start") is not None:
+            try:
+                os.kill(pid, signal.SIGTERM)
+                ended.append(pid)
+            except OSError:
+                pass
+    deadline = time.monotonic() + 5
+    while any(process_start_time(pid) for pid in ended) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    for pid in ended:
+        if process_start_time(pid):
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except OSError:
+                pass
+    path.unlink(missing_ok=True)
+    if ended:
+        print(f"ended {len(ended)} Ray helper processes left by a killed earlier run (pids {ended})", file=sys.stderr)
+    return ended
+
+
 def run_ray(
     pending: list[int],
     model_dir: Path,
@@ -523,7 +601,10 @@ def run_ray(
         raise CorpusError("Ray is not installed: pip install 'embeddinggemma[ray]', or pass --local.") from error
     started_here = not ray.is_initialized()
     if started_here:
+        end_ray_leftovers(output)
         ray.init(address=address, include_dashboard=False, log_to_driver=False)
+        if address is None:  # an embedded Ray: its processes are ours to end
+            record_ray_helpers(output)
     try:
         cpus = int(ray.cluster_resources().get("CPU", 1))
         threads = max(1, cpus // num_workers)
@@ -548,6 +629,7 @@ def run_ray(
     finally:
         if started_here:
             ray.shutdown()
+            (output / RAY_HELPERS).unlink(missing_ok=True)
 
 
 def embed_corpus(

@@ -1,5 +1,6 @@
 """The benchmark scripts run (smoke mode: tiny model, few texts) and report agreement with plain encode."""
 
+import os
 import subprocess
 import sys
 
@@ -114,3 +115,19 @@ def test_bench_training_smoke():
     assert rows[0].startswith("| baseline") and rows[0].endswith("| 1.00x |")
     assert any(row.startswith("| + batches grouped by length") for row in rows)
     assert "threads" in result.stdout and ("avx" in result.stdout or "flags unknown" in result.stdout)
+
+
+def test_bench_precision_smoke():
+    """The precision benchmark runs each mode against float32 on a tiny model and prints the probe's figures."""
+    result = subprocess.run(
+        [sys.executable, str(REPO / "benchmarks" / "bench_precision.py"), "--repeats", "1"],
+        capture_output=True,
+        text=True,
+        timeout=900,
+        env={k: v for k, v in os.environ.items() if k != "EMBEDDINGGEMMA_MODEL"},
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    rows = [line.split("|")[1:-1] for line in result.stdout.splitlines() if line.startswith(("| short", "| mixed"))]
+    assert {row[1].strip().split(" ")[0] for row in rows} == {"float32", "bfloat16", "int8", "fastest"}
+    assert all(float(row[4]) > 0.99 for row in rows)
+    assert any(line.startswith("precision probe") for line in result.stdout.splitlines())

@@ -5,6 +5,7 @@ code without opt-in, and the small ones."""
 
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -214,7 +215,7 @@ def test_converter_verifies_our_folders_with_this_packages_code(tiny_converted_d
     shutil.copytree(tiny_converted_dir, source)
     poison(source)
     out = convert(str(source), tmp_path / "out", "embeddinggemma")
-    assert "raise RuntimeError" not in (out / "modeling_embeddinggemma.py").read_text()
+    assert "code was imported" not in (out / "modeling_embeddinggemma.py").read_text()  # ours, not the poison
 
 
 def test_corpus_uses_this_packages_code_and_asks_before_running_another_models(tiny_converted_dir, tmp_path):
@@ -257,20 +258,25 @@ CONVERT_AND_HANG = """
 import sys, time
 sys.path.insert(0, {repo!r})
 import convert_checkpoint as cc
-write = cc.TARGETS["embeddinggemma"].write
+target = cc.TARGETS[{target!r}]
 def slow_write(folder, model, tokenizer, export):
-    write(folder, model, tokenizer, export)
+    target.write(folder, model, tokenizer, export)
     print("written", flush=True)
     time.sleep(600)
-cc.TARGETS["embeddinggemma"] = cc.Target(slow_write, cc.TARGETS["embeddinggemma"].verify, "")
-cc.convert({source!r}, {output!r})
+cc.TARGETS[{target!r}] = cc.Target(slow_write, target.verify, target.loads_with, target.base)
+cc.convert({source!r}, {output!r}, to={to!r})
 """
 
 
-@pytest.mark.parametrize("signal_name", ["SIGTERM", "SIGKILL"])
-def test_an_interrupted_conversion_leaves_no_weights_behind(tiny_st_dir, tmp_path, signal_name):
+@pytest.mark.parametrize(
+    "signal_name, target", [("SIGTERM", "embeddinggemma"), ("SIGKILL", "embeddinggemma"), ("SIGTERM", "onnx")]
+)
+def test_an_interrupted_conversion_leaves_no_weights_behind(tiny_st_dir, tmp_path, signal_name, target):
+    """A conversion or an export (--to onnx) stopped while its files are written: SIGTERM removes the temporary
+    folder; after SIGKILL the next run does; the output never holds a partial folder."""
     output = tmp_path / "out"
-    code = CONVERT_AND_HANG.format(repo=str(REPO), source=str(tiny_st_dir), output=str(output))
+    to = "embeddinggemma" if target == "embeddinggemma" else f"embeddinggemma,{target}"
+    code = CONVERT_AND_HANG.format(repo=str(REPO), source=str(tiny_st_dir), output=str(output), target=target, to=to)
     process = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     assert process.stdout.readline().strip() == "written"
     assert list(tmp_path.glob(".out.tmp-*"))  # the temporary folder holds the weights now
@@ -497,3 +503,34 @@ def test_an_embeddinggemma_only_folder_converts_without_its_code_or_a_prompt(tin
     (source / "config.json").write_text(json.dumps(config))
     poison(source)
     convert(str(source), tmp_path / "out", "embeddinggemma")
+
+
+def test_ray_helpers_of_a_sigkilled_driver_are_ended_by_the_next_run(tiny_converted_dir, tmp_path):
+    """Ray's dashboard and runtime-env agents outlive a SIGKILLed driver (re-parented to init); the next run on the
+    same output ends the ones the killed run recorded, then completes."""
+    corpus = tmp_path / "corpus.jsonl"
+    write_corpus(corpus, rows=1000)
+    output = tmp_path / "out"
+    command = ["--model", tiny_converted_dir, "--input", corpus, "--output", output, "--shard-rows", "50"]
+    process = subprocess.Popen(
+        [sys.executable, str(REPO / "embed_corpus.py"), *map(str, command)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    record = output / ec.RAY_HELPERS
+    deadline = time.monotonic() + 180
+    while not record.is_file() and time.monotonic() < deadline and process.poll() is None:
+        time.sleep(0.2)
+    assert record.is_file(), "the run did not record its Ray processes"
+    time.sleep(2)
+    process.kill()
+    process.wait(timeout=60)
+    time.sleep(8)  # the helpers that die with the driver are gone by now
+    helpers = [h for h in json.loads(record.read_text())["helpers"] if ec.process_start_time(h["pid"]) == h["start"]]
+    assert helpers, "expected Ray helpers still running after SIGKILL (Ray's behaviour this test guards against)"
+    result = run_corpus(*command)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert re.search(r"ended [1-9]\d* Ray helper processes left by a killed earlier run", result.stderr)
+    assert not any(ec.process_start_time(h["pid"]) == h["start"] for h in helpers)
+    assert not record.exists()
+    assert len(read_output(output)) == 1000
