@@ -119,6 +119,17 @@ def test_onnx_files_run_in_onnxruntime_on_other_shapes(tiny_all, tiny_ours):
     assert float(cosine.min()) >= ex.ONNX_INT8_MIN_COSINE
     assert float(cosine.min()) < 1 - 1e-7  # really quantized
     assert (out / "onnx" / "model_quantized.onnx").stat().st_size < 0.8 * (out / "onnx" / "model.onnx").stat().st_size
+    # per-token activation scales: a text's int8 embedding does not depend on what it is padded with
+    ids, mask = padded(tokenizer, ["a dog", long_text, "mars"])
+    (batch,) = quantized.run(["sentence_embedding"], {"input_ids": ids.numpy(), "attention_mask": mask.numpy()})
+    for row in range(len(ids)):
+        length = int(mask[row].sum())
+        alone_feeds = {
+            "input_ids": ids[row : row + 1, :length].numpy(),
+            "attention_mask": mask[row : row + 1, :length].numpy(),
+        }
+        (alone,) = quantized.run(["sentence_embedding"], alone_feeds)
+        np.testing.assert_allclose(alone[0], batch[row], atol=1e-5)
 
 
 @needs_onnx

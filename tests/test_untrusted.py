@@ -131,19 +131,29 @@ def test_an_all_padding_row_is_an_error_on_every_path(fast, attn):
         model.to(torch.bfloat16)(input_ids=input_ids, attention_mask=attention_mask)
 
 
-def test_one_text_alone_and_in_a_batch_agree_on_every_path():
+@pytest.mark.parametrize("mode", ["float32", "bfloat16", "int8"])
+def test_one_text_alone_and_in_a_batch_agree_on_every_path(mode):
+    """Padding never changes a text's embedding: float32 to rounding (1e-5) on the packed path and the reference
+    path with sdpa, eager and flex attention; bfloat16 to its rounding (products see other shapes: 2e-2); int8 to
+    rounding too (activation scales are per token, so the batch never sets them: 1e-4)."""
+    from quantization_embeddinggemma import quantize_int8
     from test_modeling import make_batch, tiny_model
 
     input_ids, attention_mask = make_batch(seed=10)
-    for fast, attn in [(True, "sdpa"), (False, "sdpa"), (False, "eager")]:
+    tolerance = {"float32": 1e-5, "bfloat16": 2e-2, "int8": 1e-4}[mode]
+    for fast, attn in [(True, "sdpa"), (False, "sdpa"), (False, "eager"), (False, "flex_attention")]:
         model = tiny_model(attn=attn)
         model.config.use_fast_path = fast
+        if mode == "bfloat16":
+            model.to(torch.bfloat16)
+        elif mode == "int8":
+            quantize_int8(model, rotation=0, rounding="nearest")
         with torch.no_grad():
             batch = model(input_ids=input_ids, attention_mask=attention_mask).sentence_embedding
             for row in range(len(input_ids)):
                 length = int(attention_mask[row].sum())
                 alone = model(input_ids=input_ids[row : row + 1, :length]).sentence_embedding
-                torch.testing.assert_close(alone[0], batch[row], atol=1e-5, rtol=0)
+                torch.testing.assert_close(alone[0], batch[row], atol=tolerance, rtol=0)
 
 
 @pytest.mark.parametrize("path", ["../elsewhere", "/etc", "2_Dense/../../x"])
