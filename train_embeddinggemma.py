@@ -258,6 +258,8 @@ def teacher_embeddings(
     cache.parent.mkdir(parents=True, exist_ok=True)
     tmp = cache.with_name(f".{cache.name}.tmp.npy")
     np.save(tmp, vectors)
+    from embed_corpus import file_sha256
+
     write_json(
         cache.with_suffix(".json"),
         {"key": digest.hexdigest(), "shape": list(vectors.shape), "sha256": file_sha256(tmp), "dtype": dtype},
@@ -266,19 +268,13 @@ def teacher_embeddings(
     return vectors
 
 
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def read_teacher_cache(cache: Path, key: str, rows_columns: tuple[int, int]) -> np.ndarray | None:
     """The cached teacher embeddings if they are provably these: the record beside them names this key (teacher files,
     texts, prompts, dtype), the file's checksum matches it, and the array has one finite unit vector per text and
     column. Anything else (a damaged file, another teacher's or prompt's cache copied in, a cache from before these
     records) is reported and recomputed, never used."""
+    from embed_corpus import file_sha256
+
     if not cache.is_file():
         return None
     record_path = cache.with_suffix(".json")

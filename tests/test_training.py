@@ -128,18 +128,19 @@ def recipe_value(model_dir, teacher_dir, rows, cache):
 
 def test_training_changes_weights_lowers_the_loss_and_exports_our_format(student, tiny_converted_dir, tmp_path):
     before = recipe_value(student, tiny_converted_dir, TOY_ROWS, tmp_path / "cache")
-    final = te.train(
-        str(student),
-        str(tmp_path / "run"),
-        TOY_ROWS,
-        teacher=str(tiny_converted_dir),
-        max_steps=8,
-        batch_size=8,
-        learning_rate=2e-3,
-        warmup=0,
-        save_steps=4,
-        cache_dir=str(tmp_path / "cache"),
-    )
+
+    def run(**changes):
+        settings = {"max_steps": 8, "batch_size": 8, "learning_rate": 2e-3, "warmup": 0, "save_steps": 4, **changes}
+        return te.train(
+            str(student),
+            str(tmp_path / "run"),
+            TOY_ROWS,
+            teacher=str(tiny_converted_dir),
+            cache_dir=str(tmp_path / "cache"),
+            **settings,
+        )
+
+    final = run()
     old, new = load_file(student / "model.safetensors"), load_file(final / "model.safetensors")
     assert any(not torch.equal(old[k], new[k]) for k in old)
     after = recipe_value(final, tiny_converted_dir, TOY_ROWS, tmp_path / "cache")
@@ -149,19 +150,7 @@ def test_training_changes_weights_lowers_the_loss_and_exports_our_format(student
     # resumable: as if killed after checkpoint-4, the same command with --resume runs steps 5-8 only, and ends with
     # the weights of the uninterrupted run (same data order, same schedule)
     shutil.rmtree(tmp_path / "run" / "checkpoint-8")
-    resumed = te.train(
-        str(student),
-        str(tmp_path / "run"),
-        TOY_ROWS,
-        teacher=str(tiny_converted_dir),
-        max_steps=8,
-        batch_size=8,
-        learning_rate=2e-3,
-        warmup=0,
-        save_steps=4,
-        resume=True,
-        cache_dir=str(tmp_path / "cache"),
-    )
+    resumed = run(resume=True)
     state = json.loads((tmp_path / "run" / "checkpoint-8" / "trainer_state.json").read_text())
     assert state["global_step"] == 8
     assert json.loads((tmp_path / "run" / "training_summary.json").read_text())["this_run"]["optimizer_steps"] == 4
@@ -170,19 +159,7 @@ def test_training_changes_weights_lowers_the_loss_and_exports_our_format(student
         torch.testing.assert_close(resumed_weights[key], new[key], atol=1e-5, rtol=0)
     # a resume that changes what is trained is refused, naming the change
     with pytest.raises(ValueError, match=r"--resume with other arguments .* learning_rate: 0.002 -> 0.001"):
-        te.train(
-            str(student),
-            str(tmp_path / "run"),
-            TOY_ROWS,
-            teacher=str(tiny_converted_dir),
-            max_steps=8,
-            batch_size=8,
-            learning_rate=1e-3,
-            warmup=0,
-            save_steps=4,
-            resume=True,
-            cache_dir=str(tmp_path / "cache"),
-        )
+        run(resume=True, learning_rate=1e-3)
 
 
 def test_teacher_cache_is_reused_and_invalidated(tiny_converted_dir, tmp_path, monkeypatch):
