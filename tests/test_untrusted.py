@@ -181,3 +181,17 @@ def test_a_symlinked_output_is_refused_and_its_target_untouched(tiny_st_dir, tmp
     with pytest.raises(ConversionError, match="is a symbolic link"):
         convert(str(tiny_st_dir), link, overwrite=True)
     assert (target / "keep.txt").read_text() == "mine" and link.is_symlink()
+
+
+def test_tokenizer_files_named_outside_the_folder_are_not_read(tiny_converted_dir, tmp_path):
+    """tokenizer_config.json naming tokenizer/vocab files elsewhere: the folder's own tokenizer.json is used (the
+    named files, here unreadable as tokenizers, are never opened), so `encode` gives the original embeddings."""
+    folder = copy_with_config(tiny_converted_dir, tmp_path)
+    outside = tmp_path / "outside.json"
+    outside.write_text('{"not": "a tokenizer"}')
+    config = json.loads((folder / "tokenizer_config.json").read_text())
+    config.update(tokenizer_file=str(outside), vocab_file=str(outside), chat_template_file=str(outside))
+    (folder / "tokenizer_config.json").write_text(json.dumps(config))
+    expected = EmbeddingGemmaModel.from_pretrained(tiny_converted_dir).encode(["a dog runs"])
+    actual = EmbeddingGemmaModel.from_pretrained(folder).encode(["a dog runs"])
+    assert (actual == expected).all()
