@@ -2,7 +2,8 @@
 # Sets up a virtual environment with everything the demo and the tests need. Idempotent: a second run only checks.
 #
 #   bash setup.sh           .venv: the latest transformers and sentence-transformers, and llama.cpp's Python bindings
-#                           (built once for this CPU by scripts/install_llama_cpp.sh, ~8 minutes, then cached)
+#                           (built once for this CPU by scripts/install_llama_cpp.sh, ~15 minutes on 2 cores, with a
+#                           progress line a minute, then cached)
 #   bash setup.sh --oldest  .venv-oldest: the oldest versions we claim to support (see docs/compatibility.md), with
 #                           optimum-onnx for sentence-transformers' ONNX backend (optimum-onnx needs transformers < 4.58)
 #

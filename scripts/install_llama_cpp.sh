@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs llama.cpp's Python bindings (llama-cpp-python, which vendors llama.cpp) into the virtual environment $1,
 # built from the package index's source distribution for this CPU, and caches the built wheel per CPU feature set in
-# ~/.cache/embeddinggemma/wheels (the first build takes about 8 minutes on 2 cores; later installs take seconds).
+# ~/.cache/embeddinggemma/wheels (the first build took 15 minutes on 2 cores; later installs take seconds).
 #
 # The build is not "native": some virtual machines list AMX in /proc/cpuinfo but do not let processes use AMX tiles,
 # and llama.cpp's native build then dies with "Illegal instruction" on its first int8 product. AVX2/FMA/F16C is the
@@ -23,11 +23,23 @@ fi
 if has avx_vnni; then flags+=(-DGGML_AVX_VNNI=ON); tag+=-avxvnni; fi
 wheels="${XDG_CACHE_HOME:-$HOME/.cache}/embeddinggemma/wheels/llama-cpp-python-$version-$tag"
 if ! ls "$wheels"/llama_cpp_python-*.whl >/dev/null 2>&1; then
-  echo "building llama-cpp-python $version for $tag (about 8 minutes on 2 cores; cached in $wheels)"
+  echo "building llama-cpp-python $version for $tag (about 15 minutes on 2 cores; cached in $wheels)"
   mkdir -p "$wheels.partial"
   CMAKE_ARGS="${flags[*]}" CMAKE_BUILD_PARALLEL_LEVEL=$(nproc) \
     "$venv/bin/python" -m pip wheel -q --disable-pip-version-check --no-cache-dir --no-deps \
-    "llama-cpp-python==$version" -w "$wheels.partial"
+    "llama-cpp-python==$version" -w "$wheels.partial" &
+  build=$!
+  started=$SECONDS
+  next=60
+  while kill -0 "$build" 2>/dev/null; do  # a line a minute, so a quiet compile is not mistaken for a hang
+    sleep 5
+    if (( SECONDS - started >= next )); then
+      echo "  still building llama-cpp-python: $(( next / 60 )) min so far"
+      next=$(( next + 60 ))
+    fi
+  done
+  wait "$build"
+  echo "built llama-cpp-python in $(( (SECONDS - started) / 60 )) min $(( (SECONDS - started) % 60 )) s"
   rm -rf "$wheels" && mv "$wheels.partial" "$wheels"
 fi
 "$venv/bin/python" -m pip install -q --disable-pip-version-check --find-links "$wheels" --no-index --no-deps \
