@@ -170,17 +170,19 @@ def _time_products(shapes, modes) -> dict:
     onednn = hasattr(torch.ops, "mkldnn") and torch.backends.mkldnn.is_available()
     runners = {}
     if "float32" in modes:
+        runners["float32"] = lambda x: [F.linear(x[i], w) for i, w in enumerate(weights)]
         if onednn:  # as the packed path runs float32: oneDNN with the weight packed once
-            packed = [torch.ops.mkldnn._reorder_linear_weight(w, None) for w in weights]
-            runners["float32"] = lambda x: [
-                torch.ops.mkldnn._linear_pointwise(x[i], p, None, "none", [], "") for i, p in enumerate(packed)
-            ]
-        else:
-            runners["float32"] = lambda x: [F.linear(x[i], w) for i, w in enumerate(weights)]
+            try:
+                packed = [torch.ops.mkldnn._reorder_linear_weight(w, None) for w in weights]
+                runners["float32"] = lambda x: [
+                    torch.ops.mkldnn._linear_pointwise(x[i], p, None, "none", [], "") for i, p in enumerate(packed)
+                ]
+            except RuntimeError:  # a build without it: the packed path falls back to F.linear too
+                pass
     if "bfloat16" in modes:
         bf16 = [w.bfloat16() for w in weights]
         runners["bfloat16"] = lambda x: [F.linear(x[i].bfloat16(), w) for i, w in enumerate(bf16)]
-    if "int8" in modes and int8_products_available() is None:
+    if "int8" in modes and int8_products_available() is None:  # (it tries one product and says why it cannot)
         linears = [
             Int8Linear(w, None, rotation=DEFAULT_ROTATION if w.shape[1] % DEFAULT_ROTATION == 0 else 0) for w in weights
         ]
@@ -190,7 +192,10 @@ def _time_products(shapes, modes) -> dict:
         inputs = [torch.randn(tokens, inp, generator=generator) for inp, _ in shapes]
         flops = sum(2 * tokens * inp * out for inp, out in shapes)
         for mode, runner in runners.items():
-            seconds = _best_time(lambda run=runner, x=inputs: run(x), budget_s=0.05)
+            try:
+                seconds = _best_time(lambda run=runner, x=inputs: run(x), budget_s=0.05)
+            except RuntimeError:  # a mode this build or CPU cannot run is left out, never an error in a forward
+                continue
             figures.setdefault(mode, {})[str(tokens)] = round(flops / seconds / 1e9, 1)
     return figures
 
@@ -230,9 +235,10 @@ def measure_products(config, modes=PRECISIONS, use_cache: bool = True) -> dict:
 
 def speedup(figures: dict, mode: str) -> float | None:
     """The worst ratio, over the probe's token counts, of `mode`'s product speed to float32's (None if unmeasured)."""
-    if mode not in figures or "float32" not in figures:
+    tokens = set(figures.get(mode, {})) & set(figures.get("float32", {}))
+    if not tokens:
         return None
-    return min(figures[mode][tokens] / figures["float32"][tokens] for tokens in figures["float32"])
+    return min(figures[mode][count] / figures["float32"][count] for count in tokens)
 
 
 def close_enough(mode: str) -> bool:
