@@ -463,6 +463,9 @@ def check_resume_arguments(output: Path, arguments: dict, resuming: bool) -> Non
     differ from the recorded ones, naming each: the data order, the schedule and the losses would silently change."""
     path = output / "run_arguments.json"
     recorded = json.loads(json.dumps(arguments, default=str))
+    if recorded.get("data") and not all(isinstance(item, str) for item in recorded["data"]):  # rows, not file specs
+        rows = json.dumps(recorded["data"], sort_keys=True).encode()
+        recorded["data"] = f"{len(arguments['data'])} rows, sha256 {hashlib.sha256(rows).hexdigest()[:16]}"
     if resuming and path.is_file():
         before = json.loads(path.read_text())
         changed = {
