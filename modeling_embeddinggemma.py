@@ -512,6 +512,8 @@ class EmbeddingGemmaPreTrainedModel(PreTrainedModel):
         """Converts this float32 model in place to `precision` ("float32", "bfloat16", "int8", or "fastest": the
         fastest on this machine that keeps min cosine >= 0.999, measured) and returns it; `self.precision_choice`
         says what was chosen and, for "fastest", the probe's figures (GFLOP/s per mode and token count)."""
+        if precision not in ("fastest", *PRECISIONS):
+            raise ValueError(f"precision={precision!r} is not supported; expected one of {('fastest', *PRECISIONS)}.")
         figures = None
         if precision == "fastest":
             device = next(self.parameters()).device
@@ -522,7 +524,9 @@ class EmbeddingGemmaPreTrainedModel(PreTrainedModel):
             else:
                 precision, figures = fastest_precision(self.config)
             logger.info(f"precision='fastest' chose {precision} on this machine (products in GFLOP/s: {figures}).")
-        if precision == "bfloat16":
+        if precision == "float32":
+            self.to(torch.float32)
+        elif precision == "bfloat16":
             self.to(torch.bfloat16)
         elif precision == "int8":
             quantize_int8(self)
@@ -785,17 +789,18 @@ def check_folder_before_building(cls, folder: str, subfolder: str = "") -> None:
     }
     found = max(layers) + 1 if layers else 0
     expected = {"num_hidden_layers": (config.num_hidden_layers, found, "layers in the checkpoint")}
-    embedding = next((shape for name, shape in shapes.items() if name.endswith("embed_tokens.weight")), None)
-    if embedding is not None and len(embedding) == 2:
-        expected["vocab_size"] = (config.vocab_size, embedding[0], "rows of embed_tokens.weight")
-        expected["hidden_size"] = (config.hidden_size, embedding[1], "columns of embed_tokens.weight")
-    gate = next((shape for name, shape in shapes.items() if name.endswith("layers.0.mlp.gate_proj.weight")), None)
-    if gate is not None and len(gate) == 2:
-        expected["intermediate_size"] = (config.intermediate_size, gate[0], "rows of layers.0.mlp.gate_proj.weight")
-    query = next((shape for name, shape in shapes.items() if name.endswith("layers.0.self_attn.q_proj.weight")), None)
-    if query is not None and len(query) == 2:
-        width = config.num_attention_heads * config.head_dim
-        expected["num_attention_heads * head_dim"] = (width, query[0], "rows of layers.0.self_attn.q_proj.weight")
+    # (config field, its value, the weight that holds it, the weight's axis)
+    sizes = [
+        ("vocab_size", config.vocab_size, "embed_tokens.weight", 0),
+        ("hidden_size", config.hidden_size, "embed_tokens.weight", 1),
+        ("intermediate_size", config.intermediate_size, "layers.0.mlp.gate_proj.weight", 0),
+        ("num_attention_heads * head_dim", config.num_attention_heads * config.head_dim,
+         "layers.0.self_attn.q_proj.weight", 0),
+    ]  # fmt: skip
+    for field, claimed, weight, axis in sizes:
+        shape = next((shape for name, shape in shapes.items() if name.endswith(weight)), None)
+        if shape is not None and len(shape) == 2:
+            expected[field] = (claimed, shape[axis], f"{('rows', 'columns')[axis]} of {weight}")
     wrong = [
         f"{field}={claimed} but the checkpoint has {actual} {what}"
         for field, (claimed, actual, what) in expected.items()
