@@ -479,8 +479,10 @@ class EmbeddingGemmaPreTrainedModel(PreTrainedModel):
                 )
             kwargs["dtype"] = torch.float32  # measured and converted after loading
         source = args[0] if args else kwargs.get("pretrained_model_name_or_path")
-        if source is not None and os.path.isdir(source) and not isinstance(kwargs.get("config"), PretrainedConfig):
-            check_folder_before_building(cls, source, subfolder=kwargs.get("subfolder") or "")
+        if source is not None and not isinstance(kwargs.get("config"), PretrainedConfig):
+            folder = local_snapshot(source, kwargs)
+            if folder is not None:
+                check_folder_before_building(cls, folder, subfolder=kwargs.get("subfolder") or "")
         wants_info = kwargs.pop("output_loading_info", False)
         model, info = super().from_pretrained(*args, output_loading_info=True, **kwargs)
         check_finite_weights(model, source)
@@ -768,6 +770,44 @@ def checkpoint_shapes(folder: str) -> dict[str, list[int]] | None:
     for path in files:
         shapes.update({name: entry["shape"] for name, entry in read_safetensors_header(path).items()})
     return shapes
+
+
+def local_snapshot(source, kwargs: dict) -> str | None:
+    """The local folder behind `source`: the folder itself, or for a Hub id the cache snapshot holding its config and
+    safetensors, fetched as `from_pretrained` would fetch them anyway (same cache, same revision and token), so that
+    the sizes can be checked before anything is built. None when they cannot be had here: `from_pretrained` then
+    reports why."""
+    if os.path.isdir(source):
+        return str(source)
+    try:
+        from transformers.utils import cached_file
+
+        options = {
+            key: kwargs[key]
+            for key in ("cache_dir", "force_download", "proxies", "token", "revision", "local_files_only", "subfolder")
+            if kwargs.get(key) is not None
+        }
+        config = cached_file(source, "config.json", _raise_exceptions_for_missing_entries=False, **options)
+        if config is None:
+            return None
+        weights = cached_file(source, "model.safetensors", _raise_exceptions_for_missing_entries=False, **options)
+        if weights is None:
+            index = cached_file(
+                source, "model.safetensors.index.json", _raise_exceptions_for_missing_entries=False, **options
+            )
+            if index is None:
+                return None
+            import json
+
+            with open(index, encoding="utf-8") as handle:
+                shards = sorted(set((json.load(handle).get("weight_map") or {}).values()))
+            for shard in shards:
+                if os.path.basename(shard) == shard:
+                    cached_file(source, shard, **options)
+    except Exception:  # no network, no access, a gated repo: from_pretrained says so in its own words
+        return None
+    folder = os.path.dirname(config)
+    return os.path.dirname(folder) if kwargs.get("subfolder") else folder
 
 
 def check_folder_before_building(cls, folder: str, subfolder: str = "") -> None:

@@ -195,3 +195,22 @@ def test_tokenizer_files_named_outside_the_folder_are_not_read(tiny_converted_di
     expected = EmbeddingGemmaModel.from_pretrained(tiny_converted_dir).encode(["a dog runs"])
     actual = EmbeddingGemmaModel.from_pretrained(folder).encode(["a dog runs"])
     assert (actual == expected).all()
+
+
+def test_a_hub_repo_is_checked_before_building_too(tiny_converted_dir, tmp_path, monkeypatch):
+    """A Hub id: its config and safetensors come from the Hub cache (as from_pretrained fetches them anyway) and are
+    checked before the model is built. Here the cache is laid out by hand and read with local_files_only."""
+    snapshot = tmp_path / "hub" / "models--someone--bad-embeddinggemma" / "snapshots" / ("0" * 40)
+    shutil.copytree(tiny_converted_dir, snapshot)
+    (snapshot.parents[1] / "refs").mkdir()
+    (snapshot.parents[1] / "refs" / "main").write_text("0" * 40)
+    config = json.loads((snapshot / "config.json").read_text())
+    config.update(num_hidden_layers=layers_of(tiny_converted_dir) + 500, layer_types=None)
+    (snapshot / "config.json").write_text(json.dumps(config))
+    built = []
+    monkeypatch.setattr(EmbeddingGemmaModel, "__init__", lambda *a, **k: built.append(1) or 1 / 0)
+    with pytest.raises(ValueError, match="does not describe its checkpoint"):
+        EmbeddingGemmaModel.from_pretrained(
+            "someone/bad-embeddinggemma", cache_dir=str(tmp_path / "hub"), local_files_only=True
+        )
+    assert not built
