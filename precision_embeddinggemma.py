@@ -139,7 +139,7 @@ def _cache_key(shapes) -> str:
         "threads": torch.get_num_threads(),
         "shapes": [list(shape) for shape in shapes],
         "tokens": list(PROBE_TOKENS),
-        "version": 1,
+        "version": 2,  # 2: bfloat16 timed on oneDNN's packed weights, as the packed path now runs it
     }
     return hashlib.sha256(json.dumps(facts, sort_keys=True).encode()).hexdigest()[:24]
 
@@ -168,32 +168,38 @@ def _time_products(shapes, modes) -> dict:
     generator = torch.Generator().manual_seed(0)
     weights = [torch.randn(out, inp, generator=generator) * inp**-0.5 for inp, out in shapes]
     onednn = hasattr(torch.ops, "mkldnn") and torch.backends.mkldnn.is_available()
+
+    def products(dtype):
+        """The products as the packed path runs them in `dtype`: oneDNN with each weight packed once (F.linear where
+        this build cannot), on inputs already in `dtype` (the model's activations are)."""
+        typed = [w.to(dtype) for w in weights]
+        try:
+            if not onednn:
+                raise RuntimeError("no oneDNN")
+            packed = [torch.ops.mkldnn._reorder_linear_weight(w, None) for w in typed]
+            return lambda x: [
+                torch.ops.mkldnn._linear_pointwise(x[i], p, None, "none", [], "") for i, p in enumerate(packed)
+            ]
+        except RuntimeError:  # the packed path falls back to F.linear too
+            return lambda x: [F.linear(x[i], w) for i, w in enumerate(typed)]
+
     runners = {}
-    if "float32" in modes:
-        runners["float32"] = lambda x: [F.linear(x[i], w) for i, w in enumerate(weights)]
-        if onednn:  # as the packed path runs float32: oneDNN with the weight packed once
-            try:
-                packed = [torch.ops.mkldnn._reorder_linear_weight(w, None) for w in weights]
-                runners["float32"] = lambda x: [
-                    torch.ops.mkldnn._linear_pointwise(x[i], p, None, "none", [], "") for i, p in enumerate(packed)
-                ]
-            except RuntimeError:  # a build without it: the packed path falls back to F.linear too
-                pass
-    if "bfloat16" in modes:
-        bf16 = [w.bfloat16() for w in weights]
-        runners["bfloat16"] = lambda x: [F.linear(x[i].bfloat16(), w) for i, w in enumerate(bf16)]
+    for mode, dtype in (("float32", torch.float32), ("bfloat16", torch.bfloat16)):
+        if mode in modes:
+            runners[mode] = (products(dtype), dtype)
     if "int8" in modes and int8_products_available() is None:  # (it tries one product and says why it cannot)
         linears = [
             Int8Linear(w, None, rotation=DEFAULT_ROTATION if w.shape[1] % DEFAULT_ROTATION == 0 else 0) for w in weights
         ]
-        runners["int8"] = lambda x: [linear(x[i]) for i, linear in enumerate(linears)]
+        runners["int8"] = (lambda x: [linear(x[i]) for i, linear in enumerate(linears)], torch.float32)
     figures = {}
     for tokens in PROBE_TOKENS:
         inputs = [torch.randn(tokens, inp, generator=generator) for inp, _ in shapes]
         flops = sum(2 * tokens * inp * out for inp, out in shapes)
-        for mode, runner in runners.items():
+        for mode, (runner, dtype) in runners.items():
+            typed = [x.to(dtype) for x in inputs]
             try:
-                seconds = _best_time(lambda run=runner, x=inputs: run(x), budget_s=0.05)
+                seconds = _best_time(lambda run=runner, x=typed: run(x), budget_s=0.05)
             except RuntimeError:  # a mode this build or CPU cannot run is left out, never an error in a forward
                 continue
             figures.setdefault(mode, {})[str(tokens)] = round(flops / seconds / 1e9, 1)
