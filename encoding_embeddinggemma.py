@@ -6,6 +6,8 @@ Texts are tokenized with <bos>/<eos>, sorted by token length and batched by a to
 of similar length and the product sizes stay large; the results come back in input order.
 """
 
+import os
+
 import torch
 from transformers.utils import logging
 
@@ -25,6 +27,26 @@ NO_TOKENIZER = (
 )
 
 
+# The files a tokenizer is built from, by the fixed names transformers resolves in the folder itself.
+TOKENIZER_FILES = {"tokenizer_file": "tokenizer.json", "vocab_file": "tokenizer.model"}
+
+
+def own_tokenizer_files(source: str) -> dict:
+    """The folder's (or Hub repo's) own tokenizer files, as keyword arguments that override what its
+    tokenizer_config.json names: transformers 4.x follows a `tokenizer_file` / `vocab_file` written there, even a path
+    outside the folder; 5.x resolves the fixed names only. A file the folder lacks is passed as None."""
+    from transformers.utils import cached_file
+
+    files = {}
+    for key, name in TOKENIZER_FILES.items():
+        if os.path.isdir(source):
+            path = os.path.join(source, name)
+            files[key] = path if os.path.isfile(path) else None
+        else:
+            files[key] = cached_file(source, name, _raise_exceptions_for_missing_entries=False)
+    return files
+
+
 class EmbeddingGemmaEncodeMixin:
     """`encode`, `encode_query`, `encode_document` and the `tokenizer` they use."""
 
@@ -42,7 +64,7 @@ class EmbeddingGemmaEncodeMixin:
 
             try:
                 # the model's own config: the folder's config (and any code it names) is not loaded again
-                tokenizer = AutoTokenizer.from_pretrained(source, config=self.config)
+                tokenizer = AutoTokenizer.from_pretrained(source, config=self.config, **own_tokenizer_files(source))
             except (OSError, ValueError) as error:
                 raise AttributeError(f"{NO_TOKENIZER} Loading one from {source!r} failed: {error}") from error
             self.__dict__["_tokenizer"] = tokenizer
