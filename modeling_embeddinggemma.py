@@ -24,6 +24,7 @@ bidirectional window has changed across releases (huggingface/transformers#40700
 """
 
 import os
+import warnings
 from dataclasses import dataclass
 
 import torch
@@ -418,6 +419,68 @@ def truncate_and_normalize(embeddings: torch.Tensor, dim: int | None, normalize:
 # ----------------------------------------------------------------------------------------------------------------
 
 
+LOADING_ROUTES = (
+    "To inspect a partial checkpoint, pass output_loading_info=True (returns the model and what was missing); to "
+    "train a new head, load a backbone-only checkpoint (the encoder's weights, saved by EmbeddingGemmaTextModel); "
+    "otherwise convert the checkpoint with embeddinggemma-convert (it checks every key)."
+)
+
+
+def claims_trained_embeddinggemma(model) -> bool:
+    """Whether the checkpoint says it holds a whole trained EmbeddingGemma (encoder and head): its config names
+    EmbeddingGemmaModel, or it has sentence-transformers' modules.json (a converted or reference folder)."""
+    if "EmbeddingGemmaModel" in (getattr(model.config, "architectures", None) or ()):
+        return True
+    folder = getattr(model.config, "name_or_path", "") or ""
+    return os.path.isfile(os.path.join(folder, "modules.json"))
+
+
+def check_loaded_weights(model, info: dict, source, opted_in: bool) -> None:
+    """transformers' loading contract, never silently random. Weights the checkpoint lacks (or, with
+    `ignore_mismatched_sizes=True`, had in another shape) are initialised by `_init_weights`, and then:
+
+    - refused, naming them, for a checkpoint that says it holds a trained EmbeddingGemma, or that lacks encoder
+      weights, unless the caller opted in;
+    - allowed with a warning naming them when the caller opted in (`output_loading_info=True`, or an explicit
+      `state_dict=`), or when the checkpoint is backbone-only (all the encoder, none of the head: training a new head).
+
+    `model.initialized_weights` lists them (empty when the checkpoint had every weight)."""
+    prefixes = type(model).unneeded_weights
+    missing = sorted(map(str, info.get("missing_keys") or ()))
+    mismatched = sorted(
+        str(entry[0] if isinstance(entry, tuple) else entry) for entry in info.get("mismatched_keys") or ()
+    )
+    unexpected = sorted(str(k) for k in info.get("unexpected_keys") or () if not str(k).startswith(prefixes))
+    model.initialized_weights = sorted({*missing, *mismatched})
+    if not (missing or mismatched or unexpected):
+        return
+    listed = "; ".join(
+        f"{what} ({len(keys)}): {keys}"
+        for what, keys in (("missing", missing), ("unexpected", unexpected), ("mis-shaped", mismatched))
+        if keys
+    )
+    head = getattr(model, "head_prefixes", ())
+    backbone_only = (
+        missing
+        and not (mismatched or unexpected)
+        and all(key.startswith(head) for key in missing)
+        and not claims_trained_embeddinggemma(model)
+    )
+    if not (opted_in or backbone_only):
+        raise ValueError(
+            f"The weights in {source} do not match {type(model).__name__}: {listed}. Loading would leave those "
+            f"weights random and the embeddings meaningless. {LOADING_ROUTES}"
+        )
+    what = "a backbone-only checkpoint: the head is new" if backbone_only else "loaded as asked"
+    message = (
+        f"{type(model).__name__} from {source} ({what}): {listed}. The weights "
+        f"{model.initialized_weights} are freshly initialised, not trained: the embeddings mean nothing until they "
+        "are trained (`model.initialized_weights` lists them)."
+    )
+    logger.warning(message)
+    warnings.warn(message, UserWarning, stacklevel=3)
+
+
 class EmbeddingGemmaPreTrainedModel(PreTrainedModel):
     config_class = EmbeddingGemmaConfig
     base_model_prefix = "model"
@@ -431,6 +494,8 @@ class EmbeddingGemmaPreTrainedModel(PreTrainedModel):
     _supports_attention_backend = False
     _can_compile_fullgraph = True  # the reference path has no data-dependent branches under torch.compile
     unneeded_weights: tuple[str, ...] = ()  # prefixes of checkpoint weights that `from_pretrained` may leave unused
+    head_prefixes: tuple[str, ...] = ()  # prefixes of the head's weights (see check_loaded_weights)
+    initialized_weights: list[str] = []  # weights `from_pretrained` initialised instead of loading
 
     def _apply(self, fn, *args, **kwargs):
         """`.to(dtype)`, `.bfloat16()`, `.float()`: the config says the dtype the weights now have (saved with them)."""
@@ -479,31 +544,15 @@ class EmbeddingGemmaPreTrainedModel(PreTrainedModel):
                 )
             kwargs["dtype"] = torch.float32  # measured and converted after loading
         source = args[0] if args else kwargs.get("pretrained_model_name_or_path")
+        wants_info = kwargs.pop("output_loading_info", False)
+        opted_in = wants_info or kwargs.get("state_dict") is not None  # the caller inspects or supplies the weights
         if source is not None and not isinstance(kwargs.get("config"), PretrainedConfig):
             folder = local_snapshot(source, kwargs)
             if folder is not None:
-                check_folder_before_building(cls, folder, subfolder=kwargs.get("subfolder") or "")
-        wants_info = kwargs.pop("output_loading_info", False)
+                check_folder_before_building(cls, folder, subfolder=kwargs.get("subfolder") or "", partial=opted_in)
         model, info = super().from_pretrained(*args, output_loading_info=True, **kwargs)
         check_finite_weights(model, source)
-        problems = [
-            f"{what} ({len(keys)}): {sorted(map(str, keys))}"
-            for what, keys in (
-                ("missing", info.get("missing_keys")),
-                (
-                    "unexpected",
-                    [k for k in info.get("unexpected_keys") or () if not k.startswith(cls.unneeded_weights)],
-                ),
-                ("mis-shaped", info.get("mismatched_keys")),
-            )
-            if keys
-        ]
-        if problems:
-            raise ValueError(
-                f"The weights in {source} do not match {cls.__name__}: " + "; ".join(problems) + ". Loading would "
-                "leave those weights random and the embeddings meaningless. Convert the checkpoint with "
-                "embeddinggemma-convert (it checks every key), or load the class the checkpoint was saved from."
-            )
+        check_loaded_weights(model, info, source, opted_in)
         if quantize == "int8":
             quantize_int8(model)
         if precision is not None:
@@ -810,10 +859,12 @@ def local_snapshot(source, kwargs: dict) -> str | None:
     return os.path.dirname(folder) if kwargs.get("subfolder") else folder
 
 
-def check_folder_before_building(cls, folder: str, subfolder: str = "") -> None:
+def check_folder_before_building(cls, folder: str, subfolder: str = "", partial: bool = False) -> None:
     """Before a model is built from a local folder (untrusted input: a folder from the Hub): the config's fields are
     valid (`check_fields`) and its sizes match the checkpoint's own tensors, so that a config claiming a million
-    layers or a huge vocabulary is refused in milliseconds instead of allocating the model it describes."""
+    layers or a huge vocabulary is refused in milliseconds instead of allocating the model it describes. With
+    `partial` (the caller opted in to missing weights), fewer layers than the config's (within its bounds) are
+    missing weights, reported by the loading info, not an error."""
     folder = os.path.join(folder, subfolder) if subfolder else folder
     if not os.path.isfile(os.path.join(folder, "config.json")):
         return  # transformers says what is missing
@@ -828,7 +879,9 @@ def check_folder_before_building(cls, folder: str, subfolder: str = "") -> None:
         if part == "layers" and name.split(".")[i + 1].isdigit()
     }
     found = max(layers) + 1 if layers else 0
-    expected = {"num_hidden_layers": (config.num_hidden_layers, found, "layers in the checkpoint")}
+    expected = {}
+    if found > config.num_hidden_layers or not partial:
+        expected["num_hidden_layers"] = (config.num_hidden_layers, found, "layers in the checkpoint")
     # (config field, its value, the weight that holds it, the weight's axis)
     sizes = [
         ("vocab_size", config.vocab_size, "embed_tokens.weight", 0),
@@ -915,6 +968,8 @@ class EmbeddingGemmaModel(EmbeddingGemmaEncodeMixin, EmbeddingGemmaPreTrainedMod
     """Encoder + head: pooling -> Dense layers -> L2 normalise, returning `sentence_embedding`
     (and `last_hidden_state`). The Dense layers keep the order and shapes of the reference's `2_Dense`/`3_Dense`.
     `encode`, `encode_query` and `encode_document` come from `EmbeddingGemmaEncodeMixin`."""
+
+    head_prefixes = ("dense.",)  # a checkpoint without them is backbone-only: the head is trained anew
 
     def __init__(self, config: EmbeddingGemmaConfig):
         super().__init__(config)

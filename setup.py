@@ -50,6 +50,8 @@ setup(
         "llama": ["llama-cpp-python>=0.3.16"],
         "test": [
             "pytest>=8",
+            "parameterized",  # transformers' common tests (tests/test_transformers_common.py)
+            "peft>=0.13",
             "sentence-transformers>=5.5",
             "gguf>=0.17",
             "protobuf",

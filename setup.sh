@@ -21,6 +21,8 @@ else
 fi
 [ -x "$venv/bin/python" ] || "$PYTHON" -m venv "$venv"
 "$venv/bin/python" -m pip install -q --disable-pip-version-check "$TORCH" -e ".[test]" "${pins[@]}"
+# transformers' own common model tests (ModelTesterMixin) from its source release; not fatal offline (they skip).
+"$venv/bin/python" scripts/fetch_transformers_tests.py || echo "warning: transformers' common tests could not be fetched; tests/test_transformers_common.py will skip" >&2
 if [ "$venv" = .venv ] && [ "${EMBEDDINGGEMMA_SKIP_LLAMA_CPP:-0}" != 1 ]; then
   # Not fatal: without a compiler or cmake the GGUF runtime tests skip, saying how to get the bindings.
   bash scripts/install_llama_cpp.sh "$venv" || echo "warning: llama.cpp's Python bindings could not be built; the tests that run GGUF files in llama.cpp will skip" >&2

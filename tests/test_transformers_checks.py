@@ -307,6 +307,57 @@ def test_weights_that_do_not_match_are_an_error_naming_them(tiny_converted_dir, 
         AutoModel.from_pretrained(folder, trust_remote_code=True)
 
 
+def folder_without(tiny_converted_dir, tmp_path, prefix, keep_st_files=True):
+    import shutil
+
+    folder = tmp_path / "partial"
+    shutil.copytree(tiny_converted_dir, folder)
+    weights = {k: v for k, v in load_file(folder / "model.safetensors").items() if not k.startswith(prefix)}
+    save_file(weights, folder / "model.safetensors", metadata={"format": "pt"})
+    if not keep_st_files:
+        (folder / "modules.json").unlink()
+    return folder
+
+
+def test_missing_weights_are_loaded_only_when_asked_and_named_in_a_warning(tiny_converted_dir, tmp_path):
+    """transformers' loading contract: output_loading_info=True (and an explicit state_dict=) load a partial checkpoint,
+    initialise what is missing by _init_weights and say so by name; without them, the same folder is refused."""
+    folder = folder_without(tiny_converted_dir, tmp_path, "dense.1.")
+    with pytest.raises(ValueError, match=r"missing \(1\): \['dense\.1\.weight'\].*output_loading_info=True"):
+        AutoModel.from_pretrained(folder, trust_remote_code=True)
+    with pytest.warns(UserWarning, match=r"\['dense\.1\.weight'\] are freshly initialised, not trained"):
+        model, info = AutoModel.from_pretrained(folder, trust_remote_code=True, output_loading_info=True)
+    assert sorted(info["missing_keys"]) == ["dense.1.weight"] and model.initialized_weights == ["dense.1.weight"]
+    complete = AutoModel.from_pretrained(tiny_converted_dir, trust_remote_code=True)
+    assert complete.initialized_weights == []
+    torch.testing.assert_close(model.dense[0].weight, complete.dense[0].weight, atol=0, rtol=0)  # the rest loaded
+    state = {k: v for k, v in complete.state_dict().items() if not k.startswith("model.layers.0.")}
+    with pytest.warns(UserWarning, match=r"model\.layers\.0\..*freshly initialised"):
+        type(complete).from_pretrained(None, config=complete.config, state_dict=state)
+
+
+def test_a_backbone_only_checkpoint_loads_with_a_new_head_and_a_warning(tiny_converted_dir, tmp_path):
+    """The encoder alone (EmbeddingGemmaTextModel.save_pretrained) loads into the full model to train a new head: the
+    encoder's weights exactly, the head initialised and named in a warning."""
+    encoder = modeling_embeddinggemma.EmbeddingGemmaTextModel.from_pretrained(tiny_converted_dir)
+    encoder.save_pretrained(tmp_path / "backbone")
+    with pytest.warns(UserWarning, match=r"backbone-only checkpoint: the head is new.*'dense\.0\.weight'"):
+        model = modeling_embeddinggemma.EmbeddingGemmaModel.from_pretrained(tmp_path / "backbone")
+    assert model.initialized_weights == ["dense.0.weight", "dense.1.weight"]
+    for name, tensor in encoder.state_dict().items():
+        torch.testing.assert_close(model.model.state_dict()[name], tensor, atol=0, rtol=0)
+
+
+@pytest.mark.parametrize("case", ["encoder weight missing", "trained folder without its head"])
+def test_partial_checkpoints_that_are_not_backbones_are_refused(tiny_converted_dir, tmp_path, case):
+    """Missing encoder weights are never a backbone; a folder that says it is a trained EmbeddingGemma (modules.json,
+    or a config naming EmbeddingGemmaModel) and lacks its head is damaged, not a backbone."""
+    prefix = "model.layers.1.mlp." if case == "encoder weight missing" else "dense."
+    folder = folder_without(tiny_converted_dir, tmp_path, prefix)
+    with pytest.raises(ValueError, match=r"do not match EmbeddingGemmaModel: missing \(\d\)"):
+        AutoModel.from_pretrained(folder, trust_remote_code=True)
+
+
 def test_auto_tokenizer_loads_the_folder_without_our_code(tiny_converted_dir):
     """In a fresh process with no way to answer a prompt: no trust_remote_code prompt, no warning, Gemma's tokenizer."""
     code = (
