@@ -1041,6 +1041,10 @@ class EmbeddingGemmaModel(EmbeddingGemmaEncodeMixin, EmbeddingGemmaPreTrainedMod
         write_sentence_transformers_config(save_directory, self.config)
         if not kwargs.get("is_main_process", True):
             return
+        if getattr(self, "_hf_peft_config_loaded", False):
+            # transformers saves only the adapter of a model with PEFT adapters: the config beside it lets
+            # AutoTokenizer / AutoProcessor and SentenceTransformer read the folder (the adapter names its base)
+            self.config.save_pretrained(save_directory)
         tokenizer = getattr(self, "tokenizer", None)
         if tokenizer is not None:
             tokenizer.save_pretrained(save_directory)

@@ -48,6 +48,15 @@ setup(
         # llama.cpp's Python bindings, built from source; on machines that list AMX without allowing it, use
         # scripts/install_llama_cpp.sh instead (docs/conversion.md)
         "llama": ["llama-cpp-python>=0.3.16"],
+        # the embedding libraries whose snippets docs/usage.md shows (tests/test_integrations.py runs them)
+        "integrations": [
+            "sentence-transformers>=5.5",
+            "langchain-huggingface>=0.3",
+            "llama-index-embeddings-huggingface>=0.5",
+            "chromadb>=1.0",
+            "haystack-ai>=2.10",
+            "mteb>=2.0",
+        ],
         "test": [
             "pytest>=8",
             "parameterized",  # transformers' common tests (tests/test_transformers_common.py)
