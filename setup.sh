@@ -32,6 +32,10 @@ fi
 "$venv/bin/python" -m pip install -q --disable-pip-version-check "$TORCH" -e ".[$extras]" "${pins[@]}"
 # transformers' own common model tests (ModelTesterMixin) from its source release; not fatal offline (they skip).
 "$venv/bin/python" scripts/fetch_transformers_tests.py || echo "warning: transformers' common tests could not be fetched; tests/test_transformers_common.py will skip" >&2
+# Transformers.js for Node (tests/test_transformers_js.py), when npm is there; not fatal.
+if [ "$venv" = .venv ] && command -v npm >/dev/null; then
+  bash scripts/install_transformers_js.sh || echo "warning: Transformers.js could not be installed; its test will skip" >&2
+fi
 if [ "$venv" = .venv ] && [ "${EMBEDDINGGEMMA_SKIP_LLAMA_CPP:-0}" != 1 ]; then
   # Not fatal: without a compiler or cmake the GGUF runtime tests skip, saying how to get the bindings.
   bash scripts/install_llama_cpp.sh "$venv" || echo "warning: llama.cpp's Python bindings could not be built; the tests that run GGUF files in llama.cpp will skip" >&2
