@@ -48,13 +48,14 @@ setup(
         # llama.cpp's Python bindings, built from source; on machines that list AMX without allowing it, use
         # scripts/install_llama_cpp.sh instead (docs/conversion.md)
         "llama": ["llama-cpp-python>=0.3.16"],
-        # the embedding libraries whose snippets docs/usage.md shows (tests/test_integrations.py runs them)
+        # the libraries whose snippets docs/integrations.md shows (tests/test_embedding_libraries.py runs them)
         "integrations": [
             "sentence-transformers>=5.5",
             "langchain-huggingface>=0.3",
             "llama-index-embeddings-huggingface>=0.5",
             "chromadb>=1.0",
             "haystack-ai>=2.10",
+            "sentence-transformers-haystack>=2.0",  # Haystack's sentence-transformers embedders (haystack-ai 3)
             "mteb>=2.0",
         ],
         "test": [

@@ -8,7 +8,7 @@
 #                           optimum-onnx for sentence-transformers' ONNX backend (optimum-onnx needs transformers < 4.58)
 #   bash setup.sh --integrations  .venv-integrations: the latest releases plus the embedding libraries of the
 #                           `integrations` extra (LangChain, LlamaIndex, Chroma, Haystack, mteb), whose pins on
-#                           huggingface_hub (< 2) differ from .venv's; tests/test_integrations.py runs their snippets
+#                           huggingface_hub (< 2) differ from .venv's; tests/test_embedding_libraries.py runs their snippets
 #
 # torch is pinned to the CPU build here (an unpinned torch pulls a multi-GB CUDA build); install_requires keeps a range.
 set -euo pipefail

@@ -24,6 +24,37 @@ requires_checkpoint = pytest.mark.skipif(
     "../shared/fixtures/fetch_reference_checkpoints.py, or the Hub id) to run the real-checkpoint tests.",
 )
 
+slow = pytest.mark.slow  # pytest.ini: left out of the default run, run by CI
+
+
+@pytest.fixture(scope="session")
+def real_reference():
+    """SentenceTransformer on the real checkpoint: loaded once per session for every test that compares with it."""
+    if not REFERENCE:
+        pytest.skip(requires_checkpoint.kwargs["reason"])
+    from sentence_transformers import SentenceTransformer
+
+    return SentenceTransformer(REFERENCE, device="cpu")
+
+
+@pytest.fixture(scope="session")
+def real_converted(tmp_path_factory):
+    """The real checkpoint converted once per session (the converter verifies it against the reference)."""
+    if not REFERENCE:
+        pytest.skip(requires_checkpoint.kwargs["reason"])
+    from convert_checkpoint import convert
+
+    return convert(REFERENCE, tmp_path_factory.mktemp("real") / "embeddinggemma-300m")
+
+
+@pytest.fixture(scope="session")
+def real_model(real_converted):
+    """The converted real checkpoint through AutoModel (float32, eval), loaded once per session."""
+    from transformers import AutoModel
+
+    return AutoModel.from_pretrained(real_converted, trust_remote_code=True).eval()
+
+
 # Texts for the tiny tokenizer: different lengths, so batches are padded and longer than the window (+-2).
 TEXTS = [
     "the man is playing guitar on the red planet mars in the blue sky with a dog",

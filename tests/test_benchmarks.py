@@ -4,7 +4,10 @@ import os
 import subprocess
 import sys
 
-from conftest import REPO
+from conftest import REPO, slow
+
+
+pytestmark = slow  # each runs a benchmark script end to end in a subprocess (8-45 s)
 
 
 def test_bench_corpus_smoke():

@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from conftest import REFERENCE, requires_checkpoint
+from conftest import requires_checkpoint, slow
 
 
 pytestmark = requires_checkpoint
@@ -20,25 +20,21 @@ LONG_1K = " ".join(f"Sentence {i} describes the slow orbit of a distant moon." f
 LONG_2K = " ".join(f"Paragraph {i}: rivers carry sediment towards the delta every spring." for i in range(260))
 
 
-@pytest.fixture(scope="module")
-def reference():
-    from sentence_transformers import SentenceTransformer
-
-    return SentenceTransformer(REFERENCE, device="cpu")
+@pytest.fixture
+def reference(real_reference):
+    return real_reference
 
 
-@pytest.fixture(scope="module")
-def converted(tmp_path_factory):
-    from convert_checkpoint import convert
-
-    return convert(REFERENCE, tmp_path_factory.mktemp("real") / "embeddinggemma-300m")
+@pytest.fixture
+def converted(real_converted):
+    return real_converted
 
 
-def ours(folder, texts, prompt="", dtype=torch.float32):
-    from transformers import AutoModel, AutoTokenizer
+def ours(model, texts, prompt=""):
+    """Our model's forward through AutoTokenizer, one text at a time (no padding to 2,048 tokens)."""
+    from transformers import AutoTokenizer
 
-    model = AutoModel.from_pretrained(folder, trust_remote_code=True, dtype=dtype).eval()
-    tokenizer = AutoTokenizer.from_pretrained(folder, trust_remote_code=True)
+    tokenizer = AutoTokenizer.from_pretrained(model.name_or_path, trust_remote_code=True)
     outputs = []
     with torch.no_grad():
         for text in texts:  # one at a time: no padding to 2,048 tokens
@@ -53,24 +49,29 @@ def test_long_texts_are_long(reference):
 
 
 @pytest.mark.parametrize("prompt_name", [None, "query", "document"])
-def test_float32_matches_sentence_transformers(reference, converted, prompt_name):
+def test_float32_matches_sentence_transformers(reference, real_model, prompt_name):
     texts = SHORT + ([LONG_1K, LONG_2K] if prompt_name == "query" else [])
     expected = reference.encode(texts, prompt_name=prompt_name, convert_to_tensor=True, batch_size=1)
     prompt = reference.prompts[prompt_name] if prompt_name else ""
-    actual = ours(converted, texts, prompt)
+    actual = ours(real_model, texts, prompt)
     assert F.cosine_similarity(actual, expected).min() >= 0.99999
     assert (actual - expected).abs().max() <= 5e-5
 
 
+@slow
 def test_bfloat16_stays_close(reference, converted):
+    from transformers import AutoModel
+
     texts = SHORT + [LONG_1K]
     prompt = reference.prompts["query"]
     expected = reference.encode(texts, prompt_name="query", convert_to_tensor=True, batch_size=1)
-    actual = ours(converted, texts, prompt, dtype=torch.bfloat16)
+    model = AutoModel.from_pretrained(converted, trust_remote_code=True, dtype=torch.bfloat16).eval()
+    actual = ours(model, texts, prompt)
     assert F.cosine_similarity(actual, expected).min() >= 0.999
 
 
-def test_int8_stays_within_q8_0s_agreement(converted):
+@slow
+def test_int8_stays_within_q8_0s_agreement(converted, real_model):
     """quantize='int8' (rotation + GPTQ calibrated on the built-in texts) against float32 on STS-B test sentences with
     the STS prompt and on long texts: min cosine >= 0.999 with VNNI (llama.cpp Q8_0's level), >= 0.998 without it
     (7-bit activations: 0.99894 measured; docs/performance.md)."""
@@ -87,8 +88,7 @@ def test_int8_stays_within_q8_0s_agreement(converted):
         rows = [line.split("\t") for line in stsb.read_text(encoding="utf-8").splitlines()]
         sentences = sorted({field for row in rows if len(row) >= 7 for field in row[5:7]})[:400]
     texts = sentences + [LONG_1K, LONG_2K]
-    float32 = AutoModel.from_pretrained(converted, trust_remote_code=True).eval()
-    expected = float32.encode(texts, prompt_name="STS", convert_to_numpy=False)
+    expected = real_model.encode(texts, prompt_name="STS", convert_to_numpy=False)
     with warnings.catch_warnings():  # the AMX advice, on CPUs that have it
         warnings.simplefilter("ignore")
         int8 = AutoModel.from_pretrained(converted, trust_remote_code=True, quantize="int8").eval()
@@ -108,11 +108,11 @@ CARD_DOCUMENTS = [
 CARD_SIMILARITIES = [0.3011, 0.6359, 0.4930, 0.4889]  # google/embeddinggemma-300m's model card
 
 
-def test_model_card_example_three_ways(converted):
+def test_model_card_example_three_ways(converted, real_model):
     from sentence_transformers import SentenceTransformer
-    from transformers import AutoModel, pipeline
+    from transformers import pipeline
 
-    model = AutoModel.from_pretrained(converted, trust_remote_code=True)
+    model = real_model
     scores = model.encode_query(CARD_QUERY) @ model.encode_document(CARD_DOCUMENTS).T
     assert abs(scores - torch.tensor(CARD_SIMILARITIES).numpy()).max() <= 0.002
 
@@ -126,10 +126,8 @@ def test_model_card_example_three_ways(converted):
     assert (similarities - torch.tensor(CARD_SIMILARITIES)).abs().max() <= 0.002
 
 
-def test_matryoshka_dims_equal_the_reference_truncated_and_renormalised(reference, converted):
-    from transformers import AutoModel
-
-    model = AutoModel.from_pretrained(converted, trust_remote_code=True)
+def test_matryoshka_dims_equal_the_reference_truncated_and_renormalised(reference, real_model):
+    model = real_model
     full = reference.encode_document(SHORT, convert_to_tensor=True)
     for dim in (512, 256, 128):
         expected = F.normalize(full[:, :dim], dim=-1)

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import REFERENCE, REPO
+from conftest import REFERENCE, REPO, slow
 from testing_embeddinggemma import build_tiny_sentence_transformer
 
 
@@ -58,6 +58,14 @@ def test_readme_blocks(workdir):
         assert output.startswith("0.6361  Mars, known for its reddish appearance")
 
 
-@pytest.mark.parametrize("index", range(len(blocks(REPO / "docs" / "usage.md", "python"))))
+def usage_block_params() -> list:
+    """One test per Python block of docs/usage.md; those that export or quantize the model are slow (20-100 s with the
+    real checkpoint)."""
+    codes = blocks(REPO / "docs" / "usage.md", "python")
+    heavy = ("torch.onnx.export", ".quantize(", 'quantize="int8"', "torch.compile")
+    return [pytest.param(i, marks=slow) if any(h in code for h in heavy) else i for i, code in enumerate(codes)]
+
+
+@pytest.mark.parametrize("index", usage_block_params())
 def test_usage_blocks(workdir, index):
     run_python(blocks(REPO / "docs" / "usage.md", "python")[index], workdir)

@@ -12,7 +12,7 @@ import pyarrow.parquet as pq
 import pytest
 from transformers import AutoModel
 
-from conftest import REPO
+from conftest import REPO, slow
 from embed_corpus import FAULT_ENV, CorpusError, embed_corpus
 
 
@@ -97,7 +97,9 @@ def run_cli(args, env_extra=None):
     )
 
 
-@pytest.mark.parametrize("fault", ["2", "2:kill", "2:kill-in-write"])
+@pytest.mark.parametrize(
+    "fault", ["2", pytest.param("2:kill", marks=slow), pytest.param("2:kill-in-write", marks=slow)]
+)
 def test_killed_midway_then_rerun_gives_each_id_once(tiny_converted_dir, corpus, expected, tmp_path, fault):
     path, _ = corpus
     args = [
@@ -182,6 +184,7 @@ def test_bad_rows_fail_or_go_to_rejects(tiny_converted_dir, tmp_path):
 @pytest.mark.skipif(
     importlib.util.find_spec("ray") is None, reason="Ray is not installed (pip install 'embeddinggemma[ray]')"
 )
+@slow
 def test_ray_with_two_workers_equals_encode_and_resumes_after_a_failure(tiny_converted_dir, corpus, expected, tmp_path):
     path, _ = corpus
     args = [

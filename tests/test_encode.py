@@ -8,7 +8,7 @@ import pytest
 import torch
 from transformers import AutoModel, AutoTokenizer
 
-from conftest import TEXTS
+from conftest import TEXTS, slow
 from encoding_embeddinggemma import token_length_batches
 
 
@@ -167,6 +167,7 @@ def test_gradient_checkpointing_gives_the_same_gradients(tiny_converted_dir):
     assert max((plain[n] - checkpointed[n]).abs().max() for n in plain) <= 1e-6
 
 
+@slow
 def test_torch_compile_gives_the_same_vectors(tiny_converted_dir):
     model = AutoModel.from_pretrained(tiny_converted_dir, trust_remote_code=True).eval()
     tokenizer = AutoTokenizer.from_pretrained(tiny_converted_dir, trust_remote_code=True)

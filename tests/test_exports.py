@@ -11,7 +11,7 @@ import pytest
 import torch
 
 import export_embeddinggemma as ex
-from conftest import REFERENCE, requires_checkpoint
+from conftest import REFERENCE, requires_checkpoint, slow
 from convert_checkpoint import ConversionError, convert, verification_texts
 
 
@@ -355,6 +355,7 @@ def test_push_to_hub_uploads_every_variant_in_one_commit(tiny_hidden_head_dir, t
 # ----------------------------------------------------------------------------------------------------------------
 
 
+@slow
 @requires_checkpoint
 @needs_onnx
 def test_real_checkpoint_onnx_and_q8_0(tmp_path):

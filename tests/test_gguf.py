@@ -8,7 +8,7 @@ import re
 
 import pytest
 
-from conftest import REFERENCE
+from conftest import REFERENCE, slow
 
 
 GGUF = os.environ.get("GEMMA3_DECODER_GGUF")
@@ -33,6 +33,7 @@ def converted(tmp_path_factory):
     return convert(GGUF, tmp_path_factory.mktemp("gguf") / "gemma3-270m-encoder", "gemma3")
 
 
+@slow
 @needs_transformers_5
 def test_converts_and_verifies_against_transformers(converted):
     from transformers import AutoModel
@@ -50,6 +51,7 @@ def test_converts_and_verifies_against_transformers(converted):
     assert vectors.shape == (2, 640) and abs(float((vectors**2).sum(-1).min()) - 1) < 1e-5
 
 
+@slow
 @needs_transformers_5
 def test_tokenizer_tokenises_like_embeddinggemma(converted):
     from transformers import AutoTokenizer

@@ -44,6 +44,7 @@ def test_config_dtype_follows_the_weights(tmp_path):
 
 def test_bfloat16_on_a_cpu_without_native_products_warns_once(caplog, monkeypatch):
     monkeypatch.setattr(modeling_embeddinggemma, "cpu_has_native_bf16", lambda: False)
+    modeling_embeddinggemma.logger.warning_once.cache_clear()  # an earlier test on this CPU may have had it already
     model = tiny_model().to(torch.bfloat16)
     ids, mask = make_batch(seed=5)
     with caplog.at_level("WARNING"), torch.no_grad():
@@ -66,6 +67,7 @@ def fake_probe(monkeypatch, bfloat16, int8):
     monkeypatch.setattr(precision_embeddinggemma, "measure_products", lambda config, modes=None: figures)
     monkeypatch.setattr(precision_embeddinggemma, "_warned", set())
     monkeypatch.setattr(precision_embeddinggemma, "cpu_has_native_bf16", lambda: True)
+    monkeypatch.setattr(modeling_embeddinggemma, "cpu_has_native_bf16", lambda: True)  # whatever this CPU has
     monkeypatch.setattr(precision_embeddinggemma, "cpu_has_vnni", lambda: True)
     return figures
 
@@ -158,6 +160,7 @@ def test_training_bf16_follows_the_probe_not_the_flags(monkeypatch):
     import train_embeddinggemma
 
     monkeypatch.setattr(precision_embeddinggemma, "cpu_has_native_bf16", lambda: True)
+    monkeypatch.setattr(modeling_embeddinggemma, "cpu_has_native_bf16", lambda: True)  # whatever this CPU has
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     for ratio, expected in ((0.9, False), (2.0, True)):
         monkeypatch.setattr(

@@ -23,7 +23,7 @@ from test_embed_corpus import read_output, write_corpus
 
 import convert_checkpoint
 import embed_corpus as ec
-from conftest import REPO
+from conftest import REPO, slow
 from convert_checkpoint import ConversionError, convert
 from embed_corpus import CorpusError, embed_corpus
 
@@ -269,7 +269,8 @@ cc.convert({source!r}, {output!r}, to={to!r})
 
 
 @pytest.mark.parametrize(
-    "signal_name, target", [("SIGTERM", "embeddinggemma"), ("SIGKILL", "embeddinggemma"), ("SIGTERM", "onnx")]
+    "signal_name, target",
+    [("SIGTERM", "embeddinggemma"), ("SIGKILL", "embeddinggemma"), pytest.param("SIGTERM", "onnx", marks=slow)],
 )
 def test_an_interrupted_conversion_leaves_no_weights_behind(tiny_st_dir, tmp_path, signal_name, target):
     """A conversion or an export (--to onnx) stopped while its files are written: SIGTERM removes the temporary
@@ -505,6 +506,7 @@ def test_an_embeddinggemma_only_folder_converts_without_its_code_or_a_prompt(tin
     convert(str(source), tmp_path / "out", "embeddinggemma")
 
 
+@slow
 def test_ray_helpers_of_a_sigkilled_driver_are_ended_by_the_next_run(tiny_converted_dir, tmp_path):
     """Ray's dashboard and runtime-env agents outlive a SIGKILLed driver (re-parented to init); the next run on the
     same output ends the ones the killed run recorded, then completes."""

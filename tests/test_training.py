@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from safetensors.torch import load_file
 
 import train_embeddinggemma as te
-from conftest import REPO
+from conftest import REPO, slow
 
 
 def fixed_embeddings(batch=8, columns=3, dim=48, seed=0):
@@ -482,6 +482,7 @@ def test_a_damaged_or_foreign_teacher_cache_is_never_used(tiny_converted_dir, tm
     assert capsys.readouterr().err == ""  # sound again: used silently
 
 
+@slow
 def test_sigterm_saves_a_checkpoint_and_resume_continues_it(student, tiny_converted_dir, tmp_path):
     """SIGTERM in the middle of a --max-minutes run: the step in progress finishes, a checkpoint with the clock is
     saved, the process exits 143; --resume continues the step count and the clock."""

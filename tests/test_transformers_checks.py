@@ -17,7 +17,7 @@ from safetensors.torch import load_file, save_file
 from transformers import AutoModel
 
 import modeling_embeddinggemma
-from conftest import REPO
+from conftest import REPO, slow
 from test_modeling import make_batch, tiny_model
 
 
@@ -103,7 +103,7 @@ def test_tokenizer_is_an_attribute_like_any_other(loaded):
 # ----------------------------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("fast", [True, False])
+@pytest.mark.parametrize("fast", [pytest.param(True, marks=slow), False])  # packed + flex compiles: ~30 s
 def test_eager_sdpa_and_flex_agree_on_both_paths(fast):
     model = tiny_model()
     model.config.use_fast_path = fast
@@ -238,6 +238,7 @@ def test_onnx_export_dynamo_as_loaded(loaded, tmp_path):
         torch.testing.assert_close(torch.from_numpy(got), expected, atol=ATOL, rtol=0)
 
 
+@slow
 def test_compile_fullgraph_as_loaded(loaded):
     torch._dynamo.reset()
     compiled = torch.compile(loaded, fullgraph=True, dynamic=True)
