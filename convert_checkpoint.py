@@ -1227,7 +1227,7 @@ Also `SentenceTransformer("{name}", trust_remote_code=True)` (sentence-transform
 """
     if target == "onnx":
         st_backend = ""
-        if export.base != "embeddinggemma" and config.gemma3_reads_exactly:
+        if st_onnx_backend_applies(export, config):
             st_backend = f"""
 sentence-transformers (with `pip install optimum-onnx`) runs the same file:
 `SentenceTransformer("{name}", backend="onnx", model_kwargs={{"file_name": "onnx/{ONNX_FILE}"}})`.
@@ -1510,15 +1510,19 @@ def write_onnx_target(folder: Path, model: EmbeddingGemmaModel, tokenizer, expor
     export_onnx(folder, model, tokenizer, export.options)
 
 
+def st_onnx_backend_applies(export: Export, config) -> bool:
+    """sentence-transformers' ONNX backend (optimum's ORTModelForFeatureExtraction) reads only `last_hidden_state`, so
+    it runs the export only in the google/embeddinggemma-300m layout (Transformer, Pooling, Dense, Normalize). In the
+    `embeddinggemma` layout the single module's output is `sentence_embedding`, which optimum does not return."""
+    return export.base != "embeddinggemma" and bool(config.gemma3_reads_exactly)
+
+
 @torch.no_grad()
 def verify_onnx_target(folder: Path, source: Source, model: EmbeddingGemmaModel, tokenizer, export: Export) -> dict:
     """Both ONNX files in onnxruntime, and sentence-transformers' ONNX backend on the folder when it has the
     sentence-transformers layout and optimum is installed."""
     figures = verify_onnx(folder, model, tokenizer, verification_batch(tokenizer, model.config), export.options)
-    if (
-        not (folder / "modules.json").exists()
-        or "sentence_transformers.models.Transformer" not in (folder / "modules.json").read_text()
-    ):
+    if not st_onnx_backend_applies(export, model.config):
         return figures
     try:
         import optimum.onnxruntime  # noqa: F401
