@@ -5,6 +5,7 @@ One config holds everything the reference spreads over `config.json`, `1_Pooling
 `config_sentence_transformers.json` of google/embeddinggemma-300m, so that a single folder describes the model.
 """
 
+import torch
 from transformers import PretrainedConfig
 
 
@@ -63,6 +64,15 @@ MODEL_TYPES = (MODEL_TYPE, NATIVE_MODEL_TYPE)
 SLIDING_WINDOW_CONVENTIONS = ("embeddinggemma", "t5gemma2", "t5gemma")
 
 
+def within_window(distance, window: tuple[int, int] | None):
+    """The window rule, written once: key j is visible from query i iff `-left <= j - i <= right` for the (left,
+    right) of `EmbeddingGemmaConfig.attention_window`, or always without a window. `distance` is j - i: an int, or a
+    tensor of them (every mask of the model is built from this: boolean, flex_attention's and the packed layout's)."""
+    if window is None:
+        return torch.ones_like(distance, dtype=torch.bool) if isinstance(distance, torch.Tensor) else True
+    return (distance >= -window[0]) & (distance <= window[1])
+
+
 def is_embeddinggemma_config(config: dict) -> bool:
     """Whether a config.json was written by this package (EmbeddingGemmaModel.save_pretrained or this converter),
     whatever model_type it declares (see configuration_embeddinggemma.MODEL_TYPE)."""
@@ -108,11 +118,12 @@ class EmbeddingGemmaConfig(PretrainedConfig):
         document_title_template (`str`): how a document prompt with a title is written.
 
     Inference:
-        use_fast_path (`bool`): in inference (eval mode, SDPA attention, default positions, no per-layer outputs, not
-            under trace, export or compile), run only the real tokens of a batch ("packed"), attention per sequence,
-            and on long inputs only the band of keys the sliding window keeps. Same result as the reference path to
-            float32 rounding (tested to 1e-5); False forces the reference path (padded batch, transformers' attention
-            interface). See docs/architecture.md.
+        use_packed_path (`bool`): in inference (eval mode, SDPA attention, default positions, no per-layer outputs,
+            not under trace, export or compile), run only the real tokens of a batch ("packed"), attention per
+            sequence, and on long inputs only the band of keys the sliding window keeps. Same result as the reference
+            path to float32 rounding (tested to 1e-5); False forces the reference path (padded batch, transformers'
+            attention interface). See docs/architecture.md. Folders written before it was renamed say
+            `use_fast_path`, which is read as this.
     """
 
     model_type = MODEL_TYPE
@@ -151,7 +162,7 @@ class EmbeddingGemmaConfig(PretrainedConfig):
         prompts=None,
         default_prompt_name=None,
         document_title_template=DOCUMENT_TITLE_TEMPLATE,
-        use_fast_path=True,
+        use_packed_path=True,
         pad_token_id=0,
         bos_token_id=2,
         eos_token_id=1,
@@ -194,7 +205,7 @@ class EmbeddingGemmaConfig(PretrainedConfig):
         self.prompts = dict(EMBEDDINGGEMMA_PROMPTS if prompts is None else prompts)
         self.default_prompt_name = default_prompt_name
         self.document_title_template = document_title_template
-        self.use_fast_path = use_fast_path
+        self.use_packed_path = kwargs.pop("use_fast_path", use_packed_path)  # its name until 2026-12
 
         kwargs.setdefault("custom_pipelines", CUSTOM_PIPELINES)
         kwargs.pop("use_bidirectional_attention", None)  # written for Gemma 3's reader; always true here

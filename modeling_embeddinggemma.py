@@ -12,11 +12,15 @@ Data flow (each step names the config fields that drive it):
       -> pooling over non-padding tokens (pooling_mode, "mean") -> Dense layers (dense_out_features, no bias, identity)
       -> L2 normalise (normalize_embeddings) = sentence_embedding; truncate_dim keeps the first d dims, re-normalised.
 
-Two paths compute the encoder, chosen in one place (`EmbeddingGemmaTextModel.select_path`) and logged once:
+The layers are written once and run on either batch layout, chosen in one place
+(`EmbeddingGemmaTextModel.select_path`) and logged once:
     reference: the padded batch, one mask per layer type, attention through transformers' attention interface
                (eager, sdpa, flex_attention; `set_attn_implementation` switches). Training, per-layer outputs, custom
                positions, and anything traced, exported or compiled run here.
-    packed:    inference on the real tokens only (fast_path_embeddinggemma.py), same values to float32 rounding.
+    packed:    inference on the real tokens only, as one row (packed_embeddinggemma.py: the layout and its attention
+               function); same values to float32 rounding.
+In eager inference (autograd off, not traced) the norms, rotary, MLP and linear layers take in-place and oneDNN forms
+(`eager_inference`); otherwise they compute transformers' Gemma 3 formulas.
 
 The weights keep Gemma 3's names (`layers.N.self_attn.q_proj`, ...) so converting a checkpoint is a rename.
 The masks are built here, from positions, rather than through the installed transformers' Gemma 3 code, whose
@@ -40,16 +44,16 @@ from transformers.utils import ModelOutput, logging
 
 
 try:  # modules of a package (the Hub's remote code, or an installed copy); `save_pretrained` copies each of them
-    from .configuration_embeddinggemma import EmbeddingGemmaConfig
+    from .configuration_embeddinggemma import EmbeddingGemmaConfig, within_window
     from .encoding_embeddinggemma import EmbeddingGemmaEncodeMixin
-    from .fast_path_embeddinggemma import FastPath
+    from .packed_embeddinggemma import PackedAttentionMask, PackedBatch, packed_attention_forward
     from .pipeline_embeddinggemma import SentenceEmbeddingPipeline  # noqa: F401  (`config.custom_pipelines` names it)
     from .precision_embeddinggemma import PRECISIONS, cpu_has_native_bf16, fastest_precision, warn_if_slower
     from .quantization_embeddinggemma import INFERENCE_ONLY, Int8Linear, quantize_int8
 except ImportError:  # top-level modules (this repository on sys.path)
-    from configuration_embeddinggemma import EmbeddingGemmaConfig
+    from configuration_embeddinggemma import EmbeddingGemmaConfig, within_window
     from encoding_embeddinggemma import EmbeddingGemmaEncodeMixin
-    from fast_path_embeddinggemma import FastPath
+    from packed_embeddinggemma import PackedAttentionMask, PackedBatch, packed_attention_forward
     from precision_embeddinggemma import PRECISIONS, cpu_has_native_bf16, fastest_precision, warn_if_slower
     from quantization_embeddinggemma import INFERENCE_ONLY, Int8Linear, quantize_int8
 
@@ -102,19 +106,37 @@ class EmbeddingGemmaScaledWordEmbedding(nn.Embedding):
 
 
 class EmbeddingGemmaRMSNorm(nn.Module):
-    """Gemma RMSNorm: zero-centred weight used as (1 + w), computed in float32."""
+    """Gemma RMSNorm: zero-centred weight used as (1 + w), computed in float32. With `residual`, returns
+    `residual + norm(x)`: the post-norms of a layer add their output to the residual stream here.
+
+    In eager inference (`eager_inference()`: autograd off, not traced) the same values come from one reduction and one
+    multiply, and the sum is written into `residual`, in place (as text-embeddings-inference's Gemma 3 norm takes the
+    residual in and out); in bfloat16 the norm is computed on a float32 copy and rounded once, as below."""
 
     def __init__(self, dim: int, eps: float = 1e-6):
         super().__init__()
         self.eps = eps
         self.weight = nn.Parameter(torch.zeros(dim))
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, residual: torch.Tensor | None = None) -> torch.Tensor:
+        if x.dtype in (torch.float32, torch.bfloat16) and eager_inference():
+            return self._in_place(x, residual)
         output = x.float()
         output = output * torch.rsqrt(output.pow(2).mean(-1, keepdim=True) + self.eps)
         # Llama does x.to(float16) * w whilst Gemma is (x * w).to(float16): huggingface/transformers#29402
-        output = output * (1.0 + self.weight.float())
-        return output.type_as(x)
+        output = (output * (1.0 + self.weight.float())).type_as(x)
+        return output if residual is None else residual + output
+
+    def _in_place(self, x: torch.Tensor, residual: torch.Tensor | None) -> torch.Tensor:
+        weight = 1.0 + self.weight.float()
+        if x.dtype != torch.float32:
+            output = x.float()
+            inverse_rms = torch.linalg.vector_norm(output, dim=-1, keepdim=True).square_().div_(x.shape[-1])
+            output = output.mul_(inverse_rms.add_(self.eps).rsqrt_()).mul_(weight).to(x.dtype)
+            return output if residual is None else residual.add_(output)
+        inverse_rms = torch.linalg.vector_norm(x, dim=-1, keepdim=True).square_().div_(x.shape[-1])
+        output = x * inverse_rms.add_(self.eps).rsqrt_()
+        return output.mul_(weight) if residual is None else residual.addcmul_(output, weight)
 
     def extra_repr(self) -> str:
         return f"{tuple(self.weight.shape)}, eps={self.eps}"
@@ -147,31 +169,117 @@ def rotate_half(x: torch.Tensor) -> torch.Tensor:
     return torch.cat((-x2, x1), dim=-1)
 
 
-def apply_rotary_pos_emb(q, k, cos, sin):
-    cos, sin = cos.unsqueeze(1), sin.unsqueeze(1)  # (B, 1, L, head_dim): broadcast over heads
-    return (q * cos) + (rotate_half(q) * sin), (k * cos) + (rotate_half(k) * sin)
+def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """RoPE on x (..., L, heads, head_dim) with cos/sin (..., L, head_dim). In eager inference in three passes
+    instead of five: x * cos, then each half gains -x2 * sin or x1 * sin in place (no rotated copy, no negation)."""
+    cos, sin = cos.unsqueeze(-2), sin.unsqueeze(-2)  # broadcast over heads
+    if not eager_inference():
+        return (x * cos) + (rotate_half(x) * sin)
+    half = x.shape[-1] // 2
+    sin = sin[..., :half]  # both halves of the table are equal
+    output = x * cos
+    output[..., :half].addcmul_(x[..., half:], sin, value=-1.0)
+    output[..., half:].addcmul_(x[..., :half], sin)
+    return output
 
 
-def linear_forward(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    return module(x)
+class OptimizerSteps:
+    """Counts optimizer steps in this process (a global post-step hook of torch.optim). Fused optimizers (AdamW
+    `fused=True`, the default of transformers' Trainer) update parameters without bumping their version counters, so
+    a packed weight keyed on the version alone would go stale during training; the count is part of the key."""
+
+    count = 0
+    registered = False
+
+    @classmethod
+    def register(cls) -> None:
+        if not cls.registered:
+            from torch.optim.optimizer import register_optimizer_step_post_hook
+
+            register_optimizer_step_post_hook(cls.bump)
+            cls.registered = True
+
+    @classmethod
+    def bump(cls, *_) -> None:
+        cls.count += 1
+
+
+def onednn_available() -> bool:
+    return (
+        hasattr(torch.ops, "mkldnn")
+        and hasattr(torch.ops.mkldnn, "_linear_pointwise")
+        and hasattr(torch.ops.mkldnn, "_reorder_linear_weight")
+        and torch.backends.mkldnn.is_available()
+    )
+
+
+class EmbeddingGemmaLinear(nn.Linear):
+    """`nn.Linear` whose float32 and bfloat16 products on the CPU in eager inference run on oneDNN, with the weight
+    packed once into oneDNN's blocked layout (faster than torch's default product at these shapes; docs/performance.md).
+    The packed copy is neither a parameter nor a buffer (never saved, copied or pickled) and is repacked when the
+    weight changes, moves or any optimizer steps. Hooks see the module as any `nn.Linear`; anything else (autograd,
+    a trace, another device or dtype) runs `nn.Linear`'s product."""
+
+    onednn = None  # whether this torch can (decided on first use, per process)
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._onednn_weight = None
+        OptimizerSteps.register()
+
+    def __getstate__(self):
+        """deepcopy, pickle and `torch.save(model)`: oneDNN's packed weight is an opaque tensor that cannot be copied;
+        the copy packs its own on first use."""
+        return {**super().__getstate__(), "_onednn_weight": None}
+
+    def __setstate__(self, state):
+        super().__setstate__(state)
+        OptimizerSteps.register()  # an unpickled model in a new process counts optimizer steps too
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        weight = self.weight
+        if (
+            x.device.type == "cpu"
+            and x.dtype == weight.dtype
+            and x.dtype in (torch.float32, torch.bfloat16)
+            and eager_inference()
+            and EmbeddingGemmaLinear.onednn is not False
+        ):
+            return self._onednn_forward(x)
+        return super().forward(x)
+
+    def _onednn_forward(self, x: torch.Tensor) -> torch.Tensor:
+        weight = self.weight
+        key = (weight.data_ptr(), weight._version, weight.shape, weight.dtype, OptimizerSteps.count)
+        cached = self._onednn_weight
+        if cached is None or cached[0] != key:
+            if EmbeddingGemmaLinear.onednn is None:
+                EmbeddingGemmaLinear.onednn = onednn_available()
+            try:
+                if not EmbeddingGemmaLinear.onednn:
+                    raise RuntimeError("no oneDNN products in this torch")
+                cached = (key, torch.ops.mkldnn._reorder_linear_weight(weight.detach(), None))
+            except RuntimeError:  # a build without them: plain products from now on, in this process
+                EmbeddingGemmaLinear.onednn = False
+                return super().forward(x)
+            self._onednn_weight = cached
+        rows = x.reshape(-1, x.shape[-1])
+        output = torch.ops.mkldnn._linear_pointwise(rows, cached[1], self.bias, "none", [], "")
+        return output.view(*x.shape[:-1], output.shape[-1])
 
 
 class EmbeddingGemmaMLP(nn.Module):
     def __init__(self, config: EmbeddingGemmaConfig):
         super().__init__()
-        self.gate_proj = nn.Linear(config.hidden_size, config.intermediate_size, bias=False)
-        self.up_proj = nn.Linear(config.hidden_size, config.intermediate_size, bias=False)
-        self.down_proj = nn.Linear(config.intermediate_size, config.hidden_size, bias=False)
+        self.gate_proj = EmbeddingGemmaLinear(config.hidden_size, config.intermediate_size, bias=False)
+        self.up_proj = EmbeddingGemmaLinear(config.hidden_size, config.intermediate_size, bias=False)
+        self.down_proj = EmbeddingGemmaLinear(config.intermediate_size, config.hidden_size, bias=False)
         self.act_fn = ACT2FN[config.hidden_activation]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        gate, up = self.project_gate_up(x)
-        return self.down_proj(self.act_fn(gate) * up)
-
-    def project_gate_up(self, x: torch.Tensor, linear=linear_forward) -> tuple[torch.Tensor, torch.Tensor]:
-        if hasattr(self, "gate_up_proj"):  # int8: one product for both (quantization_embeddinggemma.py)
-            return self.gate_up_proj(x).chunk(2, dim=-1)
-        return linear(self.gate_proj, x), linear(self.up_proj, x)
+        activated, up = self.act_fn(self.gate_proj(x)), self.up_proj(x)
+        # in eager inference the product goes into the activation's buffer
+        return self.down_proj(activated.mul_(up) if eager_inference() else activated * up)
 
 
 def repeat_kv(hidden_states: torch.Tensor, n_rep: int) -> torch.Tensor:
@@ -233,26 +341,30 @@ class EmbeddingGemmaAttention(nn.Module):
         self.is_causal = False  # read by transformers' attention functions
 
         heads, kv_heads, bias = config.num_attention_heads, config.num_key_value_heads, config.attention_bias
-        self.q_proj = nn.Linear(config.hidden_size, heads * self.head_dim, bias=bias)
-        self.k_proj = nn.Linear(config.hidden_size, kv_heads * self.head_dim, bias=bias)
-        self.v_proj = nn.Linear(config.hidden_size, kv_heads * self.head_dim, bias=bias)
-        self.o_proj = nn.Linear(heads * self.head_dim, config.hidden_size, bias=bias)
+        self.q_proj = EmbeddingGemmaLinear(config.hidden_size, heads * self.head_dim, bias=bias)
+        self.k_proj = EmbeddingGemmaLinear(config.hidden_size, kv_heads * self.head_dim, bias=bias)
+        self.v_proj = EmbeddingGemmaLinear(config.hidden_size, kv_heads * self.head_dim, bias=bias)
+        self.o_proj = EmbeddingGemmaLinear(heads * self.head_dim, config.hidden_size, bias=bias)
         if config.use_qk_norm:
             self.q_norm = EmbeddingGemmaRMSNorm(self.head_dim, eps=config.rms_norm_eps)
             self.k_norm = EmbeddingGemmaRMSNorm(self.head_dim, eps=config.rms_norm_eps)
 
     def forward(self, hidden_states, position_embeddings, attention_mask, implementation="sdpa"):
-        batch, length, _ = hidden_states.shape
-        hidden_shape = (batch, length, -1, self.head_dim)
-        query, key, value = self.project_qkv(hidden_states)
-        query = query.view(hidden_shape).transpose(1, 2)  # (B, nh, L, hd)
-        key = key.view(hidden_shape).transpose(1, 2)  # (B, n_kv, L, hd)
-        value = value.view(hidden_shape).transpose(1, 2)  # (B, n_kv, L, hd)
+        """hidden_states (B, L, hidden) on either layout (padded, or packed: B = 1); `implementation` names the
+        attention function ("packed" for the packed layout, else transformers' eager, sdpa or flex_attention)."""
+        input_shape = hidden_states.shape[:-1]
+        hidden_shape = (*input_shape, -1, self.head_dim)
+        query = self.q_proj(hidden_states).view(hidden_shape)  # (B, L, nh, hd)
+        key = self.k_proj(hidden_states).view(hidden_shape)  # (B, L, n_kv, hd)
+        value = self.v_proj(hidden_states).view(hidden_shape)  # (B, L, n_kv, hd)
         if self.config.use_qk_norm:
             query, key = self.q_norm(query), self.k_norm(key)
-        query, key = apply_rotary_pos_emb(query, key, *position_embeddings)
+        query, key = apply_rotary(query, *position_embeddings), apply_rotary(key, *position_embeddings)
+        query, key, value = query.transpose(1, 2), key.transpose(1, 2), value.transpose(1, 2)  # (B, heads, L, hd)
 
-        if hasattr(ALL_ATTENTION_FUNCTIONS, "get_interface"):  # transformers >= 5
+        if implementation == "packed":
+            attention = packed_attention_forward
+        elif hasattr(ALL_ATTENTION_FUNCTIONS, "get_interface"):  # transformers >= 5
             attention = ALL_ATTENTION_FUNCTIONS.get_interface(implementation, eager_attention_forward)
         elif implementation == "eager":
             attention = eager_attention_forward
@@ -268,17 +380,8 @@ class EmbeddingGemmaAttention(nn.Module):
             dropout=self.config.attention_dropout if self.training else 0.0,
             softcap=self.config.attn_logit_softcapping,
         )
-        attn_output = self.o_proj(attn_output.reshape(batch, length, -1))
+        attn_output = self.o_proj(attn_output.reshape(*input_shape, -1))
         return attn_output, attn_weights
-
-    def project_qkv(self, hidden_states, linear=linear_forward):
-        if hasattr(self, "qkv_proj"):  # int8: one product for the three (quantization_embeddinggemma.py)
-            return self.qkv_proj(hidden_states).split(self.qkv_sizes, dim=-1)
-        return (
-            linear(self.q_proj, hidden_states),
-            linear(self.k_proj, hidden_states),
-            linear(self.v_proj, hidden_states),
-        )
 
 
 class EmbeddingGemmaEncoderLayer(GradientCheckpointingLayer):
@@ -295,14 +398,14 @@ class EmbeddingGemmaEncoderLayer(GradientCheckpointingLayer):
         self.post_feedforward_layernorm = EmbeddingGemmaRMSNorm(config.hidden_size, eps=config.rms_norm_eps)
 
     def forward(self, hidden_states, position_embeddings=None, attention_mask=None, implementation="sdpa"):
-        residual = hidden_states
-        hidden_states = self.input_layernorm(hidden_states)
-        hidden_states, attn_weights = self.self_attn(hidden_states, position_embeddings, attention_mask, implementation)
-        hidden_states = residual + self.post_attention_layernorm(hidden_states)
+        """Either layout: (B, L, hidden) -> (B, L, hidden). In eager inference the post-norms add to `hidden_states`
+        in place (`EmbeddingGemmaRMSNorm`), so the caller passes a tensor it owns."""
+        attention = self.input_layernorm(hidden_states)
+        attention, attn_weights = self.self_attn(attention, position_embeddings, attention_mask, implementation)
+        hidden_states = self.post_attention_layernorm(attention, residual=hidden_states)
 
-        residual = hidden_states
-        hidden_states = self.mlp(self.pre_feedforward_layernorm(hidden_states))
-        hidden_states = residual + self.post_feedforward_layernorm(hidden_states)
+        mlp = self.mlp(self.pre_feedforward_layernorm(hidden_states))
+        hidden_states = self.post_feedforward_layernorm(mlp, residual=hidden_states)
         return hidden_states, attn_weights
 
 
@@ -313,6 +416,7 @@ class EmbeddingGemmaEncoderLayer(GradientCheckpointingLayer):
 
 # fx's own test: is_fx_tracing() also answers True under torch.export and warns that it does (torch >= 2.9)
 _is_fx_symbolic_tracing = getattr(_symbolic_trace, "is_fx_symbolic_tracing", _symbolic_trace.is_fx_tracing)
+_is_exporting = getattr(torch.compiler, "is_exporting", lambda: False)
 
 
 def is_traced() -> bool:
@@ -320,9 +424,22 @@ def is_traced() -> bool:
     packed path's per-text loop) would be baked in for every later input, so they must step aside."""
     if torch.jit.is_tracing() or torch.compiler.is_compiling():
         return True
-    if getattr(torch.compiler, "is_exporting", lambda: False)():
+    if _is_exporting():
         return True
     return _is_fx_symbolic_tracing() or torch.onnx.is_in_onnx_export()
+
+
+def eager_inference() -> bool:
+    """Autograd off and nothing traced, exported or compiled: where the layers may work in place and on oneDNN's
+    packed weights. Checked by each norm, linear and rotary call, so it is cheap (~0.5 us): torch.onnx's TorchScript
+    export is a jit trace, and its dynamo export an export, which the first checks already see."""
+    return not (
+        torch.is_grad_enabled()
+        or torch.jit.is_tracing()
+        or torch.compiler.is_compiling()
+        or _is_exporting()
+        or _is_fx_symbolic_tracing()
+    )
 
 
 def bidirectional_attention_mask(
@@ -341,9 +458,8 @@ def bidirectional_attention_mask(
         return None  # every pair is allowed
     allowed = padding_mask[:, None, :].expand(batch, length, length)  # (B, Lq, Lk): keys must be real
     if window is not None:
-        left, right = window
         distance = position_ids[:, None, :] - position_ids[:, :, None]  # (B, Lq, Lk): pos_j - pos_i
-        allowed = allowed & (distance >= -left) & (distance <= right)
+        allowed = allowed & within_window(distance, window)
     index = torch.arange(length, device=padding_mask.device)
     allowed = allowed | (index[:, None] == index[None, :])  # the diagonal (torch.eye has no bool ONNX kernel)
     return allowed[:, None]  # (B, 1, Lq, Lk)
@@ -359,8 +475,7 @@ def flex_attention_mask(padding_mask: torch.Tensor, position_ids: torch.Tensor, 
     def allowed(b, h, q, k):
         visible = padding_mask[b, k]
         if window is not None:
-            distance = position_ids[b, k] - position_ids[b, q]
-            visible = visible & (distance >= -window[0]) & (distance <= window[1])
+            visible = visible & within_window(position_ids[b, k] - position_ids[b, q], window)
         return visible | (q == k)
 
     block_mask = create_block_mask(allowed, batch, None, length, length, device=padding_mask.device)
@@ -373,8 +488,11 @@ def flex_attention_mask(padding_mask: torch.Tensor, position_ids: torch.Tensor, 
     return block_mask
 
 
-def attention_masks(implementation, padding_mask, position_ids, windows: dict) -> dict:
-    """One mask per layer type, in the form the attention implementation takes."""
+def attention_masks(implementation, padding_mask, position_ids, windows: dict, packed=None) -> dict:
+    """One mask per layer type, in the form the attention implementation takes (the packed layout's: its
+    `PackedBatch` and the window)."""
+    if implementation == "packed":
+        return {layer_type: PackedAttentionMask(packed, window) for layer_type, window in windows.items()}
     build = flex_attention_mask if implementation == "flex_attention" else bidirectional_attention_mask
     return {layer_type: build(padding_mask, position_ids, window) for layer_type, window in windows.items()}
 
@@ -616,7 +734,6 @@ class EmbeddingGemmaTextModel(EmbeddingGemmaPreTrainedModel):
         )
         self.norm = EmbeddingGemmaRMSNorm(config.hidden_size, eps=config.rms_norm_eps)
         self.rotary_emb = EmbeddingGemmaRotaryEmbedding(config)
-        self.fast_path = FastPath()
         self.gradient_checkpointing = False
         self.post_init()
 
@@ -642,16 +759,18 @@ class EmbeddingGemmaTextModel(EmbeddingGemmaPreTrainedModel):
         return output if _return_dict(self.config, return_dict) else output.to_tuple()
 
     def select_path(self, position_ids=None, output_hidden_states=False, output_attentions=False) -> str:
-        """Returns "packed" or "reference": the one place where a forward's path is chosen (logged once per reason).
+        """Returns "packed" or "reference": the one place where a forward's batch layout is chosen (logged once per
+        reason).
 
-        The packed path (fast_path_embeddinggemma.py) runs in inference with SDPA attention, default positions and
-        no per-layer outputs, unless `config.use_fast_path` is False. Everything else, and anything traced, exported
-        or compiled (the packed path's shapes depend on the data), takes the reference path."""
+        The packed layout (packed_embeddinggemma.py: the real tokens only, with its own attention function) runs in
+        inference with SDPA attention, default positions and no per-layer outputs, unless `config.use_packed_path`
+        is False. Everything else, and anything traced, exported or compiled (the packed layout's shapes depend on
+        the data), takes the reference path: the padded batch and transformers' attention interface."""
         if is_traced():
             return "reference"  # no logging either: it would break a compiled graph
         implementation = self.config._attn_implementation or "sdpa"
         reasons = {
-            "config.use_fast_path is False": not getattr(self.config, "use_fast_path", True),
+            "config.use_packed_path is False": not getattr(self.config, "use_packed_path", True),
             "training mode": self.training,
             f"attn_implementation={implementation!r} (the packed path is SDPA's)": implementation != "sdpa",
             "attention logit softcapping": self.config.attn_logit_softcapping is not None,
@@ -700,32 +819,40 @@ class EmbeddingGemmaTextModel(EmbeddingGemmaPreTrainedModel):
                 "truncation=True, or `encode`, which does)."
             )
 
+        packed = None
         if self.select_path(position_ids, output_hidden_states, output_attentions) == "packed":
-            hidden_states, packed = self.fast_path(self, input_ids, padding_mask, inputs_embeds)
-            return BaseModelOutput(last_hidden_state=packed.unpack(hidden_states)), padding_mask
-
+            # The packed layout: the real tokens as one row, (1, T); only attention differs (its own function).
+            packed = PackedBatch.from_padding_mask(padding_mask)
+            implementation = "packed"
+            if input_ids is not None:
+                input_ids = packed.pack(input_ids)
+            else:
+                inputs_embeds = packed.pack(inputs_embeds)
+            position_ids = packed.positions[None]
+        else:
+            implementation = attention_implementation(self.config, output_attentions)
+            if position_ids is None:
+                # Real tokens are numbered 0, 1, 2, ... whatever padding sits between them.
+                position_ids = (padding_mask.long().cumsum(-1) - 1).clamp(min=0)
+            elif position_ids.shape != padding_mask.shape:
+                position_ids = position_ids.expand(batch, length)
         if inputs_embeds is None:
-            inputs_embeds = self.embed_tokens(input_ids)
-        if position_ids is None:
-            # Real tokens are numbered 0, 1, 2, ... whatever padding sits between them.
-            position_ids = (padding_mask.long().cumsum(-1) - 1).clamp(min=0)
-        elif position_ids.shape != padding_mask.shape:
-            position_ids = position_ids.expand(batch, length)
+            hidden_states = self.embed_tokens(input_ids)
+        else:  # a copy when the layers work in place: the caller's tensor stays as it was
+            hidden_states = inputs_embeds.clone() if eager_inference() else inputs_embeds
 
         # Masks and rotary tables are built once per forward and layer type.
-        implementation = attention_implementation(self.config, output_attentions)
         windows = {
             t: self.config.attention_window if t == "sliding_attention" else None for t in set(self.config.layer_types)
         }
-        masks = attention_masks(implementation, padding_mask, position_ids, windows)
-        position_embeddings = {t: self.rotary_emb(inputs_embeds, position_ids, t) for t in windows}
+        masks = attention_masks(implementation, padding_mask, position_ids, windows, packed)
+        position_embeddings = {t: self.rotary_emb(hidden_states, position_ids, t) for t in windows}
 
-        hidden_states = inputs_embeds
         all_hidden_states = () if output_hidden_states else None
         all_attentions = () if output_attentions else None
         for layer in self.layers:
-            if output_hidden_states:
-                all_hidden_states += (hidden_states,)
+            if output_hidden_states:  # a copy when the next layer adds to it in place
+                all_hidden_states += (hidden_states.clone() if eager_inference() else hidden_states,)
             hidden_states, attn_weights = layer(
                 hidden_states,
                 position_embeddings=position_embeddings[layer.attention_type],
@@ -735,6 +862,8 @@ class EmbeddingGemmaTextModel(EmbeddingGemmaPreTrainedModel):
             if output_attentions:
                 all_attentions += (attn_weights,)
         hidden_states = self.norm(hidden_states)
+        if packed is not None:
+            return BaseModelOutput(last_hidden_state=packed.unpack(hidden_states)), padding_mask
         if output_hidden_states:
             all_hidden_states += (hidden_states,)
         output = BaseModelOutput(

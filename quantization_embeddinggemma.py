@@ -16,8 +16,9 @@ torch's own compiler emits for quantized CPU models; not the deprecated quantize
    weights before q/k/v and gate/up, the `v_proj` rows before `o_proj`, the `up_proj` rows before `down_proj`).
    Off by default: it made the agreement worse on the real model once the inputs are rotated.
 
-The model file only knows that a quantized attention or MLP computes q/k/v or gate/up in one fused product
-(`qkv_proj`, `gate_up_proj`). docs/performance.md has the measured speed and agreement of each choice.
+A module swap (as gpt-fast's): each linear layer of a product is replaced by an `Int8Linear`, or, for the layers that
+share one product (q/k/v, gate/up), by an `Int8Part` of it; the model calls `q_proj`, `k_proj` and `v_proj` as it
+always does and knows nothing of int8. docs/performance.md has the measured speed and agreement of each choice.
 """
 
 import functools
@@ -202,12 +203,14 @@ class Int8Linear(nn.Module):
         self._packed = torch.ops.onednn.qlinear_prepack(self._codes, None)
         self._zero_points = torch.zeros(self.out_features, dtype=torch.long)
         self.bias = None if bias is None else bias.detach().float().cpu()
+        self.parts = 1  # how many `Int8Part`s read this product (`shared`)
+        self._shared = None
 
     def __getstate__(self):
         """deepcopy, pickle and `torch.save(model)`: oneDNN's packed weight is an opaque tensor that cannot be copied;
         the int8 codes can, and `__setstate__` packs them again."""
         state = super().__getstate__() if hasattr(super(), "__getstate__") else self.__dict__
-        return {**state, "_packed": None}
+        return {**state, "_packed": None, "_shared": None}
 
     def __setstate__(self, state):
         super().__setstate__(state)
@@ -233,6 +236,16 @@ class Int8Linear(nn.Module):
                 ]
             )
         return cls(weight, bias, levels, rotation, gram, activation_levels)
+
+    def shared(self, x: torch.Tensor, part: int) -> torch.Tensor:
+        """The product of `x` for one of its `parts`: computed once while the parts are called in turn on the same
+        input (held only until the last of them has read it), again for any other input."""
+        cache = self._shared
+        if cache is None or cache[0] is not x or part in cache[2]:
+            cache = (x, self(x), set())
+        cache[2].add(part)
+        self._shared = None if len(cache[2]) == self.parts else cache
+        return cache[1]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.requires_grad and torch.is_grad_enabled():
@@ -272,6 +285,30 @@ class Int8Linear(nn.Module):
             f"in_features={self.in_features}, out_features={self.out_features}, W per channel (|code| <= "
             f"{self.levels}), x per token (|code| <= {self.activation_levels}){rotation}"
         )
+
+
+class Int8Part(nn.Module):
+    """One of the linear layers whose outputs a fused `Int8Linear` computes together (q_proj of q/k/v, gate_proj of
+    gate/up), swapped in for it: its output columns of the product, which runs once for the parts called in turn on
+    the same input."""
+
+    def __init__(self, product: Int8Linear, part: int, start: int, stop: int):
+        super().__init__()
+        self.training = False  # inference only (`train` refuses)
+        self.product = product  # the same module in every part: counted once by `modules()`, and it has no weights
+        self.part, self.start, self.stop = part, start, stop
+        self.in_features, self.out_features = product.in_features, stop - start
+
+    def train(self, mode: bool = True):
+        if mode:
+            raise RuntimeError(INFERENCE_ONLY)
+        return super().train(mode)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.product.shared(x, self.part)[..., self.start : self.stop]
+
+    def extra_repr(self) -> str:
+        return f"columns {self.start}:{self.stop} of the product"
 
 
 @functools.lru_cache(maxsize=8)
@@ -542,17 +579,16 @@ def quantize_int8(
             module = getattr(layer, module_name)
             linears = [getattr(module, name) for name in names]
             gram = statistics[(index, fused)][1] if statistics else None
-            for name in names:
-                delattr(module, name)
-            setattr(
-                module,
-                fused,
-                Int8Linear.from_linears(
-                    *linears, levels=levels, rotation=online[fused], gram=gram, activation_levels=activation_levels
-                ),
+            product = Int8Linear.from_linears(
+                *linears, levels=levels, rotation=online[fused], gram=gram, activation_levels=activation_levels
             )
-            if fused == "qkv_proj":
-                module.qkv_sizes = [linear.out_features for linear in linears]
+            if len(names) == 1:
+                setattr(module, names[0], product)
+                continue
+            product.parts, start = len(names), 0
+            for part, (name, linear) in enumerate(zip(names, linears)):
+                setattr(module, name, Int8Part(product, part, start, start + linear.out_features))
+                start += linear.out_features
     warn_if_slower("int8", model.config)
     return model
 

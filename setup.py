@@ -14,7 +14,7 @@ setup(
     py_modules=[
         "configuration_embeddinggemma",
         "modeling_embeddinggemma",
-        "fast_path_embeddinggemma",
+        "packed_embeddinggemma",
         "encoding_embeddinggemma",
         "quantization_embeddinggemma",
         "precision_embeddinggemma",

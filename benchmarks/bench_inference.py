@@ -75,16 +75,17 @@ def workload(name: str, count: int, tokenizer, rng) -> list[str]:
 
 def gemm_ceiling(model, tokens: int = 4096, repeats: int = 3) -> dict:
     """Tokens/s of the encoder's linear layers alone at `tokens` rows, per dtype: float32 with torch's default product
-    (`F.linear`) and with the fast path's (oneDNN, packed weights), bfloat16 (`F.linear` on bfloat16 weights and
-    inputs: oneDNN's native kernels where the CPU has AVX512_BF16/AMX, emulated elsewhere) and int8 (`Int8Linear`:
-    the product with its input's rotation and per-token quantization). No path of a dtype beats its ceiling."""
+    (`F.linear`) and with the model's own in inference (oneDNN, packed weights: `EmbeddingGemmaLinear`), bfloat16
+    (`F.linear` on bfloat16 weights and inputs: oneDNN's native kernels where the CPU has AVX512_BF16/AMX, emulated
+    elsewhere) and int8 (`Int8Linear`: the product with its input's rotation and per-token quantization). No path
+    of a dtype beats its ceiling."""
     linears = [m for m in model.model.modules() if isinstance(m, torch.nn.Linear)]
     inputs = {m.in_features: torch.randn(tokens, m.in_features) for m in linears}
     bf16_inputs = {k: v.bfloat16() for k, v in inputs.items()}
     bf16_weights = {id(m): m.weight.detach().bfloat16() for m in linears}
     products = [
         ("fp32 torch default", lambda m, x: F.linear(x, m.weight)),
-        ("fp32 oneDNN", model.model.fast_path.onednn_linear),
+        ("fp32 oneDNN", lambda m, x: m._onednn_forward(x)),
         ("bf16", lambda m, x: F.linear(bf16_inputs[m.in_features], bf16_weights[id(m)])),
     ]
     quantization = sys.modules[type(model).__module__.replace("modeling_", "quantization_")]
@@ -159,7 +160,7 @@ def load_ours(ctx, quantize=None, options=None, fast=True, batch_size=None, max_
     from transformers import AutoModel
 
     model = AutoModel.from_pretrained(ctx["ours"], trust_remote_code=True, dtype=dtype).eval()
-    model.config.use_fast_path = fast
+    model.config.use_packed_path = fast
     if quantize:
         quantization = sys.modules[type(model).__module__.replace("modeling_", "quantization_")]
         with warnings.catch_warnings():  # the AMX advice: the benchmark measures int8 anyway

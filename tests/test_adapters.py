@@ -53,9 +53,9 @@ def test_lora_on_automodel_trains_saves_reloads_and_merges(tiny_converted_dir, t
     fresh = AutoModel.from_pretrained(tiny_converted_dir, trust_remote_code=True)
     reloaded = peft.PeftModel.from_pretrained(fresh, tmp_path / "adapter").eval()
     assert abs(reloaded.encode(TEXTS) - trained).max() <= ATOL
-    reloaded.config.use_fast_path = False  # the reference path gives the same embeddings
+    reloaded.config.use_packed_path = False  # the reference path gives the same embeddings
     assert abs(reloaded.encode(TEXTS) - trained).max() <= ATOL
-    reloaded.config.use_fast_path = True
+    reloaded.config.use_packed_path = True
     merged = reloaded.merge_and_unload()
     assert type(merged).__name__ == "EmbeddingGemmaModel"
     assert not any("lora" in name for name, _ in merged.named_parameters())

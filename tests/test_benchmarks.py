@@ -62,7 +62,7 @@ def test_bench_inference_smoke(tmp_path):
         lower = any(kind in row[1] for kind in ("int8", "f16", "bf16", "q8_0"))
         assert cosine > (0.99 if lower else 0.99999), row
         if row[7]:
-            assert float(row[7]) <= 1e-5, row  # our fast path vs our reference path
+            assert float(row[7]) <= 1e-5, row  # our packed path vs our reference path
     ceilings = [line for line in result.stdout.splitlines() if line.startswith("|") and "GEMM ceiling" in line]
     assert len(ceilings) == 3 * 3 and any("int8 GEMM ceiling" in line for line in ceilings)  # fp32, bf16, int8
     (probe,) = [line for line in result.stdout.splitlines() if line.startswith("precision probe")]

@@ -86,7 +86,7 @@ def test_matches_transformers_gemma3_and_sentence_transformers_head(attn, path):
 @torch.no_grad()
 def test_every_pooling_mode_matches_sentence_transformers(mode, path):
     model = tiny_model(pooling_mode=mode)
-    model.config.use_fast_path = path == "packed"
+    model.config.use_packed_path = path == "packed"
     backbone, head = reference_from(model, "sdpa")
     head[0] = Pooling(model.config.hidden_size, mode)
     for lengths in ([16, 9, 3, 12], [7, 7]):

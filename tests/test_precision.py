@@ -7,6 +7,7 @@ import warnings
 import torch
 
 import modeling_embeddinggemma
+from modeling_embeddinggemma import EmbeddingGemmaLinear
 from test_modeling import make_batch, tiny_model
 
 
@@ -15,7 +16,7 @@ def test_bfloat16_embeddings_are_float32_unit_vectors():
     ids, mask = make_batch(seed=3)
     with torch.no_grad():
         for fast in (True, False):
-            model.config.use_fast_path = fast
+            model.config.use_packed_path = fast
             embedding = model(input_ids=ids, attention_mask=mask).sentence_embedding
             assert embedding.dtype == torch.float32
             torch.testing.assert_close(embedding.norm(dim=-1), torch.ones(len(ids)), atol=1e-6, rtol=0)
@@ -215,13 +216,13 @@ def test_int8_is_inference_only_and_says_so():
 def test_int8_options_are_checked():
     import pytest
 
-    from quantization_embeddinggemma import Int8Linear, quantize_int8
+    from quantization_embeddinggemma import Int8Part, quantize_int8
 
     model = quantize_int8(tiny_model(), skip="mlp.down_proj", rotation=0, rounding="nearest")  # a str is one name
     layer = model.model.layers[0]
-    assert type(layer.mlp.down_proj) is torch.nn.Linear and isinstance(layer.mlp.gate_up_proj, Int8Linear)
+    assert type(layer.mlp.down_proj) is EmbeddingGemmaLinear and isinstance(layer.mlp.gate_proj, Int8Part)
     model = quantize_int8(tiny_model(), skip=("down_proj", "o_proj"), rotation=0, rounding="nearest")
-    assert type(model.model.layers[0].self_attn.o_proj) is torch.nn.Linear
+    assert type(model.model.layers[0].self_attn.o_proj) is EmbeddingGemmaLinear
     with pytest.raises(ValueError, match=r"\['mlp.dwn_proj'\] name no product .* 'mlp.down_proj'"):
         quantize_int8(tiny_model(), skip=["mlp.dwn_proj"], rotation=0, rounding="nearest")
     with pytest.raises(ValueError, match="name no product"):

@@ -44,9 +44,9 @@ class SentenceEmbedding(torch.nn.Module):
 
 @pytest.fixture()
 def loaded(tiny_converted_dir):
-    """The model as a user gets it: AutoModel with remote code, eval mode, SDPA, fast path on."""
+    """The model as a user gets it: AutoModel with remote code, eval mode, SDPA, packed path on."""
     model = AutoModel.from_pretrained(tiny_converted_dir, trust_remote_code=True)
-    assert not model.training and model.config._attn_implementation == "sdpa" and model.config.use_fast_path
+    assert not model.training and model.config._attn_implementation == "sdpa" and model.config.use_packed_path
     return model
 
 
@@ -106,7 +106,7 @@ def test_tokenizer_is_an_attribute_like_any_other(loaded):
 @pytest.mark.parametrize("fast", [pytest.param(True, marks=slow), False])  # packed + flex compiles: ~30 s
 def test_eager_sdpa_and_flex_agree_on_both_paths(fast):
     model = tiny_model()
-    model.config.use_fast_path = fast
+    model.config.use_packed_path = fast
     batches = padded_batches()
     results = {}
     for implementation in IMPLEMENTATIONS:
@@ -165,7 +165,7 @@ def test_packed_path_on_gpu_matches_the_reference_path():
     model = tiny_model().to("cuda")
     batches = [(ids.cuda(), mask.cuda()) for ids, mask in padded_batches()]
     fast = eager_embeddings(model, batches)
-    model.config.use_fast_path = False
+    model.config.use_packed_path = False
     for got, expected in zip(fast, eager_embeddings(model, batches)):
         torch.testing.assert_close(got, expected, atol=ATOL, rtol=0)
 
@@ -181,9 +181,9 @@ def test_path_is_chosen_in_one_place_and_logged(caplog):
     model = tiny_model()
     assert model.model.select_path() == "packed"
     assert model.model.select_path(output_hidden_states=True) == "reference"
-    model.config.use_fast_path = False
+    model.config.use_packed_path = False
     assert model.model.select_path() == "reference"
-    model.config.use_fast_path = True
+    model.config.use_packed_path = True
     model.set_attn_implementation("eager")
     assert model.model.select_path() == "reference"
     model.set_attn_implementation("sdpa")
@@ -262,7 +262,7 @@ def test_save_and_load_keeps_everything_and_the_tokenizer(loaded, tmp_path):
         "tokenizer.json",
         "tokenizer_config.json",
         "modules.json",
-        "fast_path_embeddinggemma.py",
+        "packed_embeddinggemma.py",
         "encoding_embeddinggemma.py",
         "quantization_embeddinggemma.py",
         "pipeline_embeddinggemma.py",
@@ -283,7 +283,7 @@ def test_save_and_load_keeps_everything_and_the_tokenizer(loaded, tmp_path):
 @pytest.mark.parametrize("fast", [True, False])
 def test_batching_equivalence(fast):
     model = tiny_model()
-    model.config.use_fast_path = fast
+    model.config.use_packed_path = fast
     ids, mask = make_batch([16, 9, 3, 12])
     with torch.no_grad():
         batched = model(input_ids=ids, attention_mask=mask).sentence_embedding
@@ -386,7 +386,7 @@ def test_auto_tokenizer_loads_the_folder_without_our_code(tiny_converted_dir):
 def test_remote_code_files_are_the_repository_modules(tiny_converted_dir):
     for name in [
         "modeling_embeddinggemma.py",
-        "fast_path_embeddinggemma.py",
+        "packed_embeddinggemma.py",
         "encoding_embeddinggemma.py",
         "quantization_embeddinggemma.py",
         "precision_embeddinggemma.py",

@@ -122,7 +122,7 @@ def test_an_all_padding_row_is_an_error_on_every_path(fast, attn):
     from test_modeling import make_batch, tiny_model
 
     model = tiny_model(attn=attn)
-    model.config.use_fast_path = fast
+    model.config.use_packed_path = fast
     input_ids, attention_mask = make_batch(seed=9)
     attention_mask[1] = 0
     with pytest.raises(ValueError, match=r"attention_mask rows \[1\] have no real token"), torch.no_grad():
@@ -143,7 +143,7 @@ def test_one_text_alone_and_in_a_batch_agree_on_every_path(mode):
     tolerance = {"float32": 1e-5, "bfloat16": 2e-2, "int8": 1e-4}[mode]
     for fast, attn in [(True, "sdpa"), (False, "sdpa"), (False, "eager"), (False, "flex_attention")]:
         model = tiny_model(attn=attn)
-        model.config.use_fast_path = fast
+        model.config.use_packed_path = fast
         if mode == "bfloat16":
             model.to(torch.bfloat16)
         elif mode == "int8":

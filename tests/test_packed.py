@@ -1,7 +1,7 @@
-"""The fast path (packed real tokens, attention per sequence, band-only sliding attention, fewer-pass norms/rotary)
+"""The packed path (packed real tokens, attention per sequence, band-only sliding attention, fewer-pass norms/rotary)
 against the reference path (padded batch, one mask per layer type) on the same model: float32 max abs <= 1e-5.
 The reference path itself is checked against transformers' Gemma 3 and sentence-transformers in test_modeling.py.
-Also: when the fast path applies, the int8 option, the token budget of encode."""
+Also: when the packed path applies, the int8 option, the token budget of encode."""
 
 import copy
 import os
@@ -12,13 +12,14 @@ import numpy as np
 import pytest
 import torch
 
-import fast_path_embeddinggemma
+import modeling_embeddinggemma
+import packed_embeddinggemma
 import quantization_embeddinggemma
 from conftest import REPO
 from encoding_embeddinggemma import token_length_batches
-from fast_path_embeddinggemma import PackedBatch
-from modeling_embeddinggemma import EmbeddingGemmaModel
-from quantization_embeddinggemma import Int8Linear, quantize_int8
+from modeling_embeddinggemma import EmbeddingGemmaLinear, EmbeddingGemmaModel
+from packed_embeddinggemma import PackedBatch
+from quantization_embeddinggemma import Int8Linear, Int8Part, quantize_int8
 from test_modeling import make_batch, tiny_model
 
 
@@ -29,11 +30,11 @@ BF16_ATOL = 2e-2  # bfloat16 sentence embeddings: both paths round differently (
 def both_paths(model, **inputs):
     """(fast, reference) outputs of one model on one batch."""
     with torch.no_grad():
-        model.config.use_fast_path = True
+        model.config.use_packed_path = True
         fast = model(**inputs)
-        model.config.use_fast_path = False
+        model.config.use_packed_path = False
         reference = model(**inputs)
-        model.config.use_fast_path = True
+        model.config.use_packed_path = True
     return fast, reference
 
 
@@ -57,16 +58,16 @@ def assert_paths_agree(model, input_ids, attention_mask, atol=ATOL, **kwargs):
     ],
 )
 @pytest.mark.parametrize("band_block", [4, 128])  # 4: sliding layers attend band by band; 128: one masked block
-def test_fast_path_equals_reference_path(lengths, band_block, monkeypatch):
-    monkeypatch.setattr(fast_path_embeddinggemma, "BAND_BLOCK", band_block)
+def test_packed_path_equals_reference_path(lengths, band_block, monkeypatch):
+    monkeypatch.setattr(packed_embeddinggemma, "BAND_BLOCK", band_block)
     model = tiny_model()
     input_ids, attention_mask = make_batch(lengths)
     assert_paths_agree(model, input_ids, attention_mask)
     assert_paths_agree(model, input_ids, attention_mask, truncate_dim=32)
 
 
-def test_fast_path_handles_left_and_middle_padding(monkeypatch):
-    monkeypatch.setattr(fast_path_embeddinggemma, "BAND_BLOCK", 4)
+def test_packed_path_handles_left_and_middle_padding(monkeypatch):
+    monkeypatch.setattr(packed_embeddinggemma, "BAND_BLOCK", 4)
     model = tiny_model()
     input_ids, attention_mask = make_batch([16, 9, 3, 12])
     left_ids, left_mask = input_ids.clone(), attention_mask.clone()
@@ -78,13 +79,13 @@ def test_fast_path_handles_left_and_middle_padding(monkeypatch):
     middle_mask = attention_mask.clone()
     middle_mask[0, 5:8] = 0  # holes inside a text
     assert_paths_agree(model, input_ids, middle_mask)
-    # and the fast path gives each text what it gives it alone
+    # and the packed path gives each text what it gives it alone
     fast_left, _ = both_paths(model, input_ids=left_ids, attention_mask=left_mask)
     fast_right, _ = both_paths(model, input_ids=input_ids, attention_mask=attention_mask)
     torch.testing.assert_close(fast_left.sentence_embedding, fast_right.sentence_embedding, atol=ATOL, rtol=0)
 
 
-def test_fast_path_with_inputs_embeds_leaves_them_untouched():
+def test_packed_path_with_inputs_embeds_leaves_them_untouched():
     model = tiny_model()
     input_ids, _ = make_batch([12, 12])
     embeds = model.get_input_embeddings()(input_ids)
@@ -96,44 +97,47 @@ def test_fast_path_with_inputs_embeds_leaves_them_untouched():
     torch.testing.assert_close(from_embeds, from_ids, atol=ATOL, rtol=0)
 
 
-def test_fast_path_runs_only_where_it_applies(monkeypatch):
+def test_packed_path_runs_only_where_it_applies(monkeypatch):
     model = tiny_model()
     calls = []
-    original = model.model.fast_path
-    monkeypatch.setattr(model.model, "fast_path", lambda *a, **k: calls.append(1) or original(*a, **k))
+    original = modeling_embeddinggemma.packed_attention_forward
+    monkeypatch.setattr(
+        modeling_embeddinggemma, "packed_attention_forward", lambda *a, **k: calls.append(1) or original(*a, **k)
+    )
     input_ids, attention_mask = make_batch()
+    layers = model.config.num_hidden_layers
     with torch.no_grad():
         model(input_ids=input_ids, attention_mask=attention_mask)
-        assert len(calls) == 1  # inference: the fast path
+        assert len(calls) == layers  # inference: the packed layout's attention, in every layer
         model(input_ids=input_ids, attention_mask=attention_mask, output_hidden_states=True)
         model(input_ids=input_ids, attention_mask=attention_mask, output_attentions=True)
         model(input_ids=input_ids, attention_mask=attention_mask, position_ids=torch.arange(input_ids.shape[1])[None])
-        model.config.use_fast_path = False
+        model.config.use_packed_path = False
         model(input_ids=input_ids, attention_mask=attention_mask)
-        model.config.use_fast_path = True
+        model.config.use_packed_path = True
         model.config._attn_implementation = "eager"
         model(input_ids=input_ids, attention_mask=attention_mask)
         model.config._attn_implementation = "sdpa"
         model.train()
         model(input_ids=input_ids, attention_mask=attention_mask)
-    assert len(calls) == 1  # none of those took it
+    assert len(calls) == layers  # none of those took it
 
 
-def test_fast_path_gradients_match_the_reference_path():
-    model = tiny_model()  # eval mode, but with autograd on: the fast path must not update anything in place
+def test_packed_path_gradients_match_the_reference_path():
+    model = tiny_model()  # eval mode, but with autograd on: the packed path must not update anything in place
     input_ids, attention_mask = make_batch([16, 9])
     grads = []
     for fast in (True, False):
-        model.config.use_fast_path = fast
+        model.config.use_packed_path = fast
         model.zero_grad()
         model(input_ids=input_ids, attention_mask=attention_mask).sentence_embedding.sum().backward()
         grads.append(model.model.layers[0].mlp.up_proj.weight.grad.clone())
-    model.config.use_fast_path = True
+    model.config.use_packed_path = True
     torch.testing.assert_close(grads[0], grads[1], atol=1e-5, rtol=1e-4)
 
 
 @pytest.mark.parametrize("optimizer", ["fused", "foreach", "in-place copy"])
-def test_fast_path_sees_weights_changed_by_any_optimizer(optimizer):
+def test_packed_path_sees_weights_changed_by_any_optimizer(optimizer):
     """A fused AdamW (transformers' Trainer default) updates parameters without bumping their version counters; the
     packed (oneDNN) weights must still be repacked, or encode during training silently uses the old weights."""
     model = tiny_model()
@@ -153,7 +157,7 @@ def test_fast_path_sees_weights_changed_by_any_optimizer(optimizer):
     torch.testing.assert_close(fast.sentence_embedding, reference.sentence_embedding, atol=ATOL, rtol=0)
 
 
-def test_fast_path_bfloat16_stays_close_to_the_reference_path():
+def test_packed_path_bfloat16_stays_close_to_the_reference_path():
     model = tiny_model().to(torch.bfloat16)
     input_ids, attention_mask = make_batch()
     fast, reference = both_paths(model, input_ids=input_ids, attention_mask=attention_mask)
@@ -174,7 +178,7 @@ def test_packed_batch_layout():
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device here; the GPU path is checked on one")
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-def test_fast_path_on_gpu(dtype):
+def test_packed_path_on_gpu(dtype):
     model = tiny_model().to("cuda", dtype)
     input_ids, attention_mask = make_batch([40, 33, 7, 1])
     assert_paths_agree(
@@ -194,7 +198,7 @@ def test_int8_keeps_the_embeddings_and_reports_agreement(capsys, tiny_tokenizer)
         expected = model(input_ids=input_ids, attention_mask=attention_mask).sentence_embedding
         quantize_int8(model, tokenizer=tiny_tokenizer)
         got = model(input_ids=input_ids, attention_mask=attention_mask).sentence_embedding
-        model.config.use_fast_path = False
+        model.config.use_packed_path = False
         got_reference_path = model(input_ids=input_ids, attention_mask=attention_mask).sentence_embedding
     cosine = (got * expected).sum(-1)
     print(f"int8 vs float32: min cosine {cosine.min():.5f}, mean {cosine.mean():.5f}")
@@ -202,8 +206,10 @@ def test_int8_keeps_the_embeddings_and_reports_agreement(capsys, tiny_tokenizer)
     assert (got - expected).abs().max() > 1e-6  # int8 really ran
     torch.testing.assert_close(got, got_reference_path, atol=ATOL, rtol=0)  # both paths use the same int8 products
     layer = model.model.layers[0]
-    for module, name in ((layer.self_attn, "qkv_proj"), (layer.self_attn, "o_proj"), (layer.mlp, "gate_up_proj")):
-        assert isinstance(getattr(module, name), Int8Linear)
+    for module, names in ((layer.self_attn, ("q_proj", "k_proj", "v_proj")), (layer.mlp, ("gate_proj", "up_proj"))):
+        parts = [getattr(module, name) for name in names]  # swapped for parts of one fused product
+        assert all(isinstance(part, Int8Part) and part.product is parts[0].product for part in parts)
+    assert isinstance(layer.self_attn.o_proj, Int8Linear)
     assert isinstance(layer.mlp.down_proj, Int8Linear)  # all four products by default
     assert isinstance(model.dense[0], torch.nn.Linear)  # the head stays float
 
@@ -310,8 +316,8 @@ def test_int8_does_not_saturate_on_avx2_kernels():
 def test_int8_skip_keeps_those_products_in_float(tiny_tokenizer):
     model = quantize_int8(tiny_model(), skip=("mlp.down_proj", "self_attn.o_proj"), tokenizer=tiny_tokenizer)
     layer = model.model.layers[0]
-    assert type(layer.mlp.down_proj) is torch.nn.Linear and type(layer.self_attn.o_proj) is torch.nn.Linear
-    assert isinstance(layer.self_attn.qkv_proj, Int8Linear) and isinstance(layer.mlp.gate_up_proj, Int8Linear)
+    assert type(layer.mlp.down_proj) is EmbeddingGemmaLinear and type(layer.self_attn.o_proj) is EmbeddingGemmaLinear
+    assert isinstance(layer.self_attn.q_proj, Int8Part) and isinstance(layer.mlp.gate_proj, Int8Part)
 
 
 def test_int8_refuses_what_it_cannot_do(tiny_tokenizer):
@@ -346,7 +352,7 @@ def test_a_model_that_has_run_can_be_copied_and_pickled():
             torch.testing.assert_close(got, expected, atol=0, rtol=0)
 
 
-def test_hooks_on_a_linear_layer_see_the_fast_path():
+def test_hooks_on_a_linear_layer_see_the_packed_path():
     """A hooked layer is called as a module on the packed path (int8 calibration relies on it, and so may users)."""
     model = tiny_model()
     seen = []
@@ -355,12 +361,12 @@ def test_hooks_on_a_linear_layer_see_the_fast_path():
     assert model.model.select_path() == "packed"
     with torch.no_grad():
         model(input_ids=input_ids, attention_mask=attention_mask)
-    assert seen == [torch.Size([16 + 9 + 3 + 12, model.config.hidden_size])]  # the real tokens, packed
+    assert seen == [torch.Size([1, 16 + 9 + 3 + 12, model.config.hidden_size])]  # the real tokens, packed
 
 
 def test_int8_at_load_and_refused_when_saving(tiny_converted_dir, tmp_path):
     model = EmbeddingGemmaModel.from_pretrained(tiny_converted_dir, quantize="int8")  # calibrated with its tokenizer
-    assert isinstance(model.model.layers[0].self_attn.qkv_proj, Int8Linear)
+    assert isinstance(model.model.layers[0].self_attn.q_proj, Int8Part)
     vectors = model.encode(["a dog", "the red planet"])
     assert vectors.shape == (2, model.config.embedding_dim) and np.isfinite(vectors).all()
     with pytest.raises(ValueError, match="cannot be saved"):
