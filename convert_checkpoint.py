@@ -35,7 +35,7 @@ import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 
 from configuration_embeddinggemma import MODEL_TYPES, POOLING_MODES, EmbeddingGemmaConfig, is_embeddinggemma_config
-from embed_corpus import process_alive
+from embeddinggemma_tools.files import process_alive
 from export_embeddinggemma import (
     GGUF_TYPES,
     ONNX_FILE,

@@ -25,6 +25,7 @@ setup(
         "train_embeddinggemma",
         "testing_embeddinggemma",
     ],
+    packages=["embeddinggemma_tools"],
     install_requires=[
         "torch>=2.4",
         "transformers>=4.57,<6",

@@ -30,6 +30,7 @@ import shutil
 import sys
 import time
 import unicodedata
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 
 import numpy as np
@@ -236,7 +237,7 @@ def teacher_embeddings(
         dtype = "bfloat16" if native_bf16() else "float32"
     if dtype not in ("float32", "bfloat16"):
         raise ValueError(f"Teacher dtype {dtype!r}: expected auto, float32 or bfloat16 (float16 overflows in Gemma).")
-    from embed_corpus import fingerprint_folder
+    from embeddinggemma_tools.files import fingerprint_folder
 
     columns = [c for c in TEXT_COLUMNS if c in rows[0]]
     digest = hashlib.sha256(fingerprint_folder(teacher).encode())
@@ -258,7 +259,7 @@ def teacher_embeddings(
     cache.parent.mkdir(parents=True, exist_ok=True)
     tmp = cache.with_name(f".{cache.name}.tmp.npy")
     np.save(tmp, vectors)
-    from embed_corpus import file_sha256
+    from embeddinggemma_tools.files import file_sha256
 
     write_json(
         cache.with_suffix(".json"),
@@ -273,7 +274,7 @@ def read_teacher_cache(cache: Path, key: str, rows_columns: tuple[int, int]) -> 
     texts, prompts, dtype), the file's checksum matches it, and the array has one finite unit vector per text and
     column. Anything else (a damaged file, another teacher's or prompt's cache copied in, a cache from before these
     records) is reported and recomputed, never used."""
-    from embed_corpus import file_sha256
+    from embeddinggemma_tools.files import file_sha256
 
     if not cache.is_file():
         return None
@@ -468,6 +469,9 @@ def check_resume_arguments(output: Path, arguments: dict, resuming: bool) -> Non
         recorded["data"] = f"{len(arguments['data'])} rows, sha256 {hashlib.sha256(rows).hexdigest()[:16]}"
     if resuming and path.is_file():
         before = json.loads(path.read_text())
+        for old_name, (name, value) in RENAMED_OPTIONS.items():
+            if old_name in before:
+                before[name] = value(before.pop(old_name))
         changed = {
             key: (before.get(key), recorded.get(key))
             for key in sorted(set(before) | set(recorded))
@@ -618,161 +622,161 @@ def evaluation_logger(path: Path, sts_file: str | None, prompt_name: str | None,
     return evaluation
 
 
+# ----------------------------------------------------------------------------------------------------------------
+# Options: named once (train(), the command line and training_summary.json all read these fields)
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def option(default, help: str, **cli):
+    """A field of `TrainingOptions`: its default, its help, and how argparse reads it (`cli`: type, action, ...)."""
+    return field(default=default, metadata={"help": help, "cli": cli})
+
+
+BOOLEAN = {"action": argparse.BooleanOptionalAction}
+
+
+@dataclass
+class TrainingOptions:
+    """How `train` runs, shaped like sentence-transformers' training arguments. Each field is a `train` keyword, a
+    `--flag` of `train_embeddinggemma.py train` (underscores as dashes) and a key of training_summary.json's
+    `options`; run_arguments.json records them for --resume."""
+
+    nce_weight: float = option(1.0, "weight of the NCE term (in-batch and hard negatives)", type=float)
+    gor_weight: float = option(1.0, "weight of the spread-out regulariser", type=float)
+    distill_weight: float = option(1.0, "weight of the embedding distillation to --teacher", type=float)
+    max_steps: int | None = option(None, "plan and stop by steps (default 100 without --max-minutes)", type=int)
+    max_minutes: float | None = option(None, "plan and stop by training wall-clock minutes", type=float)
+    batch_size: int = option(32, "texts per batch (each dataset's batches are drawn apart)", type=int)
+    learning_rate: float = option(2e-5, "peak learning rate", type=float)
+    warmup: float = option(0.1, "warm-up, a fraction of the steps or minutes", type=float)
+    query_prompt: str | None = option("query", "prompt name for anchors ('none' for none)")
+    document_prompt: str | None = option("document", "prompt name for positives and negatives ('none' for none)")
+    fit_head: int = option(
+        0,
+        "first fit the head by least squares to the teacher's embeddings of TEXTS anchors (the flag alone: 4096)",
+        type=int,
+        nargs="?",
+        const=4096,
+        metavar="TEXTS",
+    )
+    held_out: list[str] | None = option(None, "STS-B/SICK file whose texts are never trained on", action="append")
+    eval_sts_file: str | None = option(None, "STS-B/SICK file evaluated during training (learning_curve.jsonl)")
+    eval_prompt_name: str | None = option("STS", "prompt name of that evaluation")
+    eval_every_minutes: float | None = option(None, "evaluate every N training minutes (and at the end)", type=float)
+    curve_offset_minutes: float = option(0.0, "training minutes of earlier stages (the curve's x axis)", type=float)
+    teacher_dtype: str = option(
+        "auto",
+        "dtype of the teacher when caching its embeddings (auto: bfloat16 where measured faster)",
+        choices=("auto", "float32", "bfloat16"),
+    )
+    bf16: bool | None = option(
+        None,
+        "bfloat16 mixed precision (default: on GPUs with bf16, and on CPUs where bf16 products measure faster than "
+        "float32 ones; the choice is recorded in training_summary.json)",
+        **BOOLEAN,
+    )
+    gradient_checkpointing: bool = option(
+        False, "recompute activations in the backward pass (less memory, ~1/3 more compute)", **BOOLEAN
+    )
+    train_embeddings: bool = option(
+        False, "also train the token-embedding matrix (frozen by default: 262k x hidden parameters)", **BOOLEAN
+    )
+    group_by_length: bool = option(
+        True, "batches of similar length, no text repeated in a batch (off: random no-duplicate batches)", **BOOLEAN
+    )
+    save_steps: int = option(50, "checkpoint every N steps (and when the budget ends)", type=int)
+    logging_steps: int = option(10, "log the loss every N steps", type=int)
+    resume: bool = option(False, "continue from the last checkpoint in OUTPUT_DIR", action="store_true")
+    seed: int = option(0, "seed of the data order, the head fit and the initialisation", type=int)
+    cache_dir: str | None = option(None, "teacher-embedding cache (default OUTPUT_DIR/teacher-cache)")
+
+    def __post_init__(self):
+        for name in ("query_prompt", "document_prompt"):
+            if getattr(self, name) == "none":
+                setattr(self, name, None)
+        if self.max_minutes is not None and self.max_minutes <= 0:
+            raise ValueError(f"--max-minutes {self.max_minutes}: expected a positive number of training minutes.")
+
+    @classmethod
+    def add_arguments(cls, parser: argparse.ArgumentParser) -> None:
+        for item in fields(cls):
+            parser.add_argument(
+                "--" + item.name.replace("_", "-"),
+                dest=item.name,
+                default=item.default,
+                help=item.metadata["help"],
+                **item.metadata["cli"],
+            )
+
+    @classmethod
+    def from_arguments(cls, args: argparse.Namespace) -> TrainingOptions:
+        return cls(**{item.name: getattr(args, item.name) for item in fields(cls)})
+
+
+# Names that earlier releases recorded in run_arguments.json, read as today's (value mapped) when resuming.
+RENAMED_OPTIONS = {
+    "freeze_embeddings": ("train_embeddings", lambda frozen: not frozen),
+    "fit_head_texts": ("fit_head", lambda texts: texts),
+}
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# train(): its steps in order
+# ----------------------------------------------------------------------------------------------------------------
+
+
 def train(
     model_dir: str,
     output_dir: str,
     data: list[str] | list[dict],
     teacher: str | None = None,
-    *,
-    nce_weight: float = 1.0,
-    gor_weight: float = 1.0,
-    distill_weight: float = 1.0,
-    max_steps: int | None = None,
-    max_minutes: float | None = None,
-    batch_size: int = 32,
-    learning_rate: float = 2e-5,
-    warmup: float = 0.1,  # a fraction of max_steps, or of max_minutes
-    query_prompt: str | None = "query",
-    document_prompt: str | None = "document",
-    bf16: bool | None = None,
-    gradient_checkpointing: bool = False,
-    freeze_embeddings: bool = True,
-    group_by_length: bool = True,
-    fit_head_texts: int = 0,
-    held_out: list[str] | None = None,
-    eval_sts_file: str | None = None,
-    eval_prompt_name: str | None = "STS",
-    eval_every_minutes: float | None = None,
-    curve_offset_minutes: float = 0.0,
-    teacher_dtype: str = "auto",
-    save_steps: int = 50,
-    resume: bool = False,
-    seed: int = 0,
-    cache_dir: str | None = None,
-    logging_steps: int = 10,
+    options: TrainingOptions | None = None,
+    **overrides,
 ) -> Path:
     """Fine-tunes MODEL_DIR with the recipe; returns OUTPUT_DIR/final (our format). Checkpoints go to
-    OUTPUT_DIR/checkpoint-N; `resume=True` continues from the last one.
+    OUTPUT_DIR/checkpoint-N; `resume=True` continues from the last one. `options` (`TrainingOptions`), and any of
+    its fields as keywords, say how.
 
     `max_minutes` plans the run for a training wall-clock budget (the learning rate warms up and decays with time
     rather than steps) and stops on time with a checkpoint and the final model; evaluation and teacher caching are
     not counted. `max_steps` plans it by steps instead (default 100 when neither is given); with both, whichever
-    comes first stops it. OUTPUT_DIR/training_summary.json records steps, seconds, tokens and tokens/s;
+    comes first stops it. OUTPUT_DIR/training_summary.json records steps, seconds, tokens, tokens/s and every option;
     `held_out` files' texts (STS-B/SICK) are removed from the data and OUTPUT_DIR/trained_texts.txt lists every
     text trained on (`check-held-out` verifies it). SIGTERM finishes the step, saves a checkpoint and exits 143;
     `resume=True` with other arguments than the recorded run's (OUTPUT_DIR/run_arguments.json) is refused."""
-    arguments = {name: value for name, value in locals().items() if name not in ("model_dir", "output_dir")}
-    from datasets import Dataset, DatasetDict
-    from sentence_transformers import (
-        SentenceTransformer,
-        SentenceTransformerTrainingArguments,
-    )
-
-    if max_steps is None and max_minutes is None:
-        max_steps = 100
-    if max_minutes is not None and max_minutes <= 0:
-        raise ValueError(f"--max-minutes {max_minutes}: expected a positive number of training minutes.")
-    rows = load_data(data) if data and isinstance(data[0], str) else list(data)
-    if held_out:
-        rows, dropped = drop_held_out(rows, held_out_texts(held_out))
-        print(f"held out: {dropped} rows sharing a text with {', '.join(map(str, held_out))} removed", file=sys.stderr)
-    if not rows:
-        raise ValueError("No training rows: check --data (and --held-out).")
-    singles = {text_key(row["anchor"]): row for row in rows if "positive" not in row}
-    rows = [row for row in rows if "positive" in row] + list(singles.values())  # a text on its own once
-    if distill_weight and not teacher:
-        raise ValueError("Distillation needs --teacher (an embedding model folder), or --distill-weight 0.")
-    if (fit_head_texts or 0) > 0 and not teacher:
-        raise ValueError("--fit-head fits the head to the teacher's embeddings: pass --teacher.")
-    if nce_weight and any("positive" not in row for row in rows):
-        raise ValueError(
-            "Single texts (texts:PATH) have no positive for the NCE term: train them with --nce-weight 0 "
-            "(distillation), or give (anchor, positive) rows."
-        )
+    options = replace(options or TrainingOptions(), **overrides)  # an unknown keyword is a TypeError naming it
+    given = {"data": data, "teacher": teacher, **asdict(options)}  # recorded for --resume, as given
+    if options.max_steps is None and options.max_minutes is None:
+        options = replace(options, max_steps=100)
     output = Path(output_dir)
+    rows = training_rows(data, teacher, options)
     output.mkdir(parents=True, exist_ok=True)
     (output / "trained_texts.txt").write_text("\n".join(trained_texts(rows)) + "\n", encoding="utf-8")
+
+    from sentence_transformers import SentenceTransformer
+
     model = SentenceTransformer(model_dir, device="cpu", trust_remote_code=True)
     config = model[0].auto_model.config
-    prompts = {"anchor": config.prompt_for(query_prompt) if query_prompt else ""}
-    prompts["positive"] = prompts["negative"] = config.prompt_for(document_prompt) if document_prompt else ""
-
-    cache = cache_dir or output / "teacher-cache"
-    datasets, fit_texts, fit_targets = {}, [], []
-    for name, group in split_by_columns(rows).items():
-        columns = {c: [row[c] for row in group] for c in TEXT_COLUMNS if c in group[0]}
-        if distill_weight or fit_head_texts:
-            vectors = teacher_embeddings(teacher, group, prompts, cache, dtype=teacher_dtype)
-            if vectors.shape[-1] != config.embedding_dim:
-                raise ValueError(
-                    f"The teacher's embeddings have {vectors.shape[-1]} dims but the student's {config.embedding_dim}; "
-                    "convert the student with --embedding-dim matching the teacher (e.g. 768)."
-                )
-            columns["label"] = vectors.tolist()
-            fit_texts += columns["anchor"]
-            fit_targets.append(vectors[:, 0])
-        datasets[name] = Dataset.from_dict(columns)
-    train_dataset = DatasetDict(datasets) if len(datasets) > 1 else next(iter(datasets.values()))
+    prompts = {"anchor": config.prompt_for(options.query_prompt) if options.query_prompt else ""}
+    prompts["positive"] = prompts["negative"] = (
+        config.prompt_for(options.document_prompt) if options.document_prompt else ""
+    )
+    train_dataset, fit_texts, fit_targets = training_datasets(rows, teacher, prompts, config, output, options)
 
     checkpoints = sorted(output.glob("checkpoint-*"), key=lambda c: int(c.name.rsplit("-", 1)[-1]))
-    resuming = resume and bool(checkpoints)
-    check_resume_arguments(output, arguments, resuming)
+    resuming = options.resume and bool(checkpoints)
+    check_resume_arguments(output, given, resuming)
     budget_file = checkpoints[-1] / "budget.json" if resuming else None
     elapsed = json.loads(budget_file.read_text())["elapsed_seconds"] if budget_file and budget_file.is_file() else 0.0
-    clock = TrainingClock(max_minutes, elapsed)
-    if freeze_embeddings:
+    clock = TrainingClock(options.max_minutes, elapsed)
+    if not options.train_embeddings:
         model[0].auto_model.get_input_embeddings().weight.requires_grad_(False)
-    if fit_head_texts and not resuming:
-        clock.start()  # the fit is training: it counts against the budget
-        order = np.random.default_rng(seed).permutation(len(fit_texts))[:fit_head_texts]
-        figures = fit_head(model, [fit_texts[i] for i in order], np.concatenate(fit_targets)[order], prompts["anchor"])
-        clock.pause()
-        print(
-            f"head fitted by least squares on {figures['texts']} texts: mean cosine {figures['mean_cosine']:.4f} "
-            f"({clock.elapsed:.0f}s)",
-            file=sys.stderr,
-        )
+    if options.fit_head and not resuming:
+        fit_head_step(model, fit_texts, fit_targets, prompts["anchor"], clock, options)
 
-    import transformers
-
-    # transformers 5 takes the warm-up ratio as a float `warmup_steps`; 4.x has `warmup_ratio`
-    warmup_args = (
-        {"warmup_steps": warmup} if int(transformers.__version__.split(".")[0]) >= 5 else {"warmup_ratio": warmup}
-    )
-    bf16_source = "--bf16/--no-bf16" if bf16 is not None else "measured (precision_embeddinggemma)"
-    if bf16 is None:
-        bf16 = native_bf16()
-    args = SentenceTransformerTrainingArguments(
-        output_dir=str(output_dir),
-        max_steps=max_steps if max_steps is not None else 10**9,
-        per_device_train_batch_size=batch_size,
-        learning_rate=learning_rate,
-        **warmup_args,
-        bf16=bf16,
-        gradient_checkpointing=gradient_checkpointing,
-        save_steps=save_steps,
-        save_total_limit=2,
-        logging_steps=logging_steps,
-        report_to=[],
-        seed=seed,
-        data_seed=seed,
-        dataloader_drop_last=True,
-        prompts=prompts,
-        batch_sampler=LengthGroupedBatchSampler if group_by_length else "no_duplicates",
-        use_cpu=not torch.cuda.is_available(),
-    )
-    loss = recipe_loss(
-        model, config.matryoshka_dims, nce_weight=nce_weight, gor_weight=gor_weight, distill_weight=distill_weight
-    )
-    evaluation = (
-        evaluation_logger(output / "learning_curve.jsonl", eval_sts_file, eval_prompt_name, curve_offset_minutes)
-        if eval_sts_file
-        else None
-    )
-    callback = budget_callback(clock, evaluation, eval_every_minutes)
-    trainer = RecipeTrainer(
-        model=model, args=args, train_dataset=train_dataset, loss=loss, callbacks=[callback], clock=clock, warmup=warmup
-    )
+    bf16_source = "--bf16/--no-bf16" if options.bf16 is not None else "measured (precision_embeddinggemma)"
+    bf16 = native_bf16() if options.bf16 is None else options.bf16
+    trainer = recipe_trainer(model, config, train_dataset, prompts, output, clock, bf16, options)
     with TERMINATION:
         trainer.train(resume_from_checkpoint=True if resuming else None)
     if TERMINATION.requested:
@@ -784,48 +788,155 @@ def train(
         raise SystemExit(143)
     if trainer.state.global_step == 0:
         raise ValueError(
-            f"No training step ran: {len(rows)} rows give no full batch of {batch_size} distinct texts per dataset "
-            "(batches skip duplicates and drop the last partial one). Add data or lower --batch-size."
+            f"No training step ran: {len(rows)} rows give no full batch of {options.batch_size} distinct texts per "
+            "dataset (batches skip duplicates and drop the last partial one). Add data or lower --batch-size."
         )
     final = output / "final"
     if trainer.is_world_process_zero():
         model[0].auto_model.save_pretrained(final)
         model.tokenizer.save_pretrained(final)
-        seconds = clock.elapsed - elapsed
-        tokens = trainer.tokens
-        write_json(
-            output / "training_summary.json",
-            {
-                "steps": trainer.state.global_step,
-                "training_seconds": round(clock.elapsed, 1),
-                "budget_seconds": clock.budget,
-                "last_step_started_at": round(trainer.step_log[-1][0], 3) if trainer.step_log else None,
-                "this_run": {
-                    "seconds": round(seconds, 1),
-                    "optimizer_steps": len(trainer.step_log),
-                    "seconds_per_step": round(seconds / max(len(trainer.step_log), 1), 3),
-                    "tokens": tokens["real"],
-                    "padded_tokens": tokens["padded"],
-                    "tokens_per_second": round(tokens["real"] / max(seconds, 1e-9), 1),
-                    "steady": trainer.steady_rates(),
-                },
-                "settings": {
-                    "batch_size": batch_size,
-                    "learning_rate": learning_rate,
-                    "bf16": bool(bf16),
-                    "bf16_chosen_by": bf16_source,
-                    "teacher_dtype": resolved_teacher_dtype(teacher_dtype),
-                    "gradient_checkpointing": gradient_checkpointing,
-                    "freeze_embeddings": freeze_embeddings,
-                    "group_by_length": group_by_length,
-                    "threads": torch.get_num_threads(),
-                    "weights": {"nce": nce_weight, "gor": gor_weight, "distill": distill_weight},
-                    "max_minutes": max_minutes,
-                    "max_steps": max_steps,
-                },
-            },
-        )
+        resolved = {"bf16": bool(bf16), "bf16_chosen_by": bf16_source}
+        write_summary(output, trainer, clock, clock.elapsed - elapsed, teacher, options, resolved)
     return final
+
+
+def training_rows(data, teacher: str | None, options: TrainingOptions) -> list[dict]:
+    """Step 1, data: the rows to train on, held-out texts removed, single texts kept once; checked against the
+    losses asked for."""
+    rows = load_data(data) if data and isinstance(data[0], str) else list(data)
+    if options.held_out:
+        rows, dropped = drop_held_out(rows, held_out_texts(options.held_out))
+        held_out = ", ".join(map(str, options.held_out))
+        print(f"held out: {dropped} rows sharing a text with {held_out} removed", file=sys.stderr)
+    if not rows:
+        raise ValueError("No training rows: check --data (and --held-out).")
+    singles = {text_key(row["anchor"]): row for row in rows if "positive" not in row}
+    rows = [row for row in rows if "positive" in row] + list(singles.values())  # a text on its own once
+    if options.distill_weight and not teacher:
+        raise ValueError("Distillation needs --teacher (an embedding model folder), or --distill-weight 0.")
+    if (options.fit_head or 0) > 0 and not teacher:
+        raise ValueError("--fit-head fits the head to the teacher's embeddings: pass --teacher.")
+    if options.nce_weight and any("positive" not in row for row in rows):
+        raise ValueError(
+            "Single texts (texts:PATH) have no positive for the NCE term: train them with --nce-weight 0 "
+            "(distillation), or give (anchor, positive) rows."
+        )
+    return rows
+
+
+def training_datasets(rows, teacher, prompts: dict, config, output: Path, options: TrainingOptions):
+    """Step 2, teacher cache: one dataset per column layout, each row labelled with the teacher's embeddings when
+    distilling or fitting the head; returns (dataset or DatasetDict, anchors and targets for the head fit)."""
+    from datasets import Dataset, DatasetDict
+
+    cache = options.cache_dir or output / "teacher-cache"
+    datasets, fit_texts, fit_targets = {}, [], []
+    for name, group in split_by_columns(rows).items():
+        columns = {c: [row[c] for row in group] for c in TEXT_COLUMNS if c in group[0]}
+        if options.distill_weight or options.fit_head:
+            vectors = teacher_embeddings(teacher, group, prompts, cache, dtype=options.teacher_dtype)
+            if vectors.shape[-1] != config.embedding_dim:
+                raise ValueError(
+                    f"The teacher's embeddings have {vectors.shape[-1]} dims but the student's {config.embedding_dim}; "
+                    "convert the student with --embedding-dim matching the teacher (e.g. 768)."
+                )
+            columns["label"] = vectors.tolist()
+            fit_texts += columns["anchor"]
+            fit_targets.append(vectors[:, 0])
+        datasets[name] = Dataset.from_dict(columns)
+    train_dataset = DatasetDict(datasets) if len(datasets) > 1 else next(iter(datasets.values()))
+    return train_dataset, fit_texts, fit_targets
+
+
+def fit_head_step(model, fit_texts, fit_targets, prompt: str, clock: TrainingClock, options: TrainingOptions):
+    """Step 3, head fit: least squares of the head to the teacher's embeddings of `options.fit_head` anchors, on the
+    training clock (the fit is training: it counts against the budget)."""
+    clock.start()
+    order = np.random.default_rng(options.seed).permutation(len(fit_texts))[: options.fit_head]
+    figures = fit_head(model, [fit_texts[i] for i in order], np.concatenate(fit_targets)[order], prompt)
+    clock.pause()
+    print(
+        f"head fitted by least squares on {figures['texts']} texts: mean cosine {figures['mean_cosine']:.4f} "
+        f"({clock.elapsed:.0f}s)",
+        file=sys.stderr,
+    )
+
+
+def recipe_trainer(model, config, train_dataset, prompts, output: Path, clock, bf16: bool, options: TrainingOptions):
+    """Steps 4-6, loss, budget and evaluation: sentence-transformers' trainer with the recipe's loss, the clock's
+    budget and the learning curve's evaluation as a callback."""
+    import transformers
+    from sentence_transformers import SentenceTransformerTrainingArguments
+
+    # transformers 5 takes the warm-up ratio as a float `warmup_steps`; 4.x has `warmup_ratio`
+    warmup = options.warmup
+    warmup_args = (
+        {"warmup_steps": warmup} if int(transformers.__version__.split(".")[0]) >= 5 else {"warmup_ratio": warmup}
+    )
+    args = SentenceTransformerTrainingArguments(
+        output_dir=str(output),
+        max_steps=options.max_steps if options.max_steps is not None else 10**9,
+        per_device_train_batch_size=options.batch_size,
+        learning_rate=options.learning_rate,
+        **warmup_args,
+        bf16=bf16,
+        gradient_checkpointing=options.gradient_checkpointing,
+        save_steps=options.save_steps,
+        save_total_limit=2,
+        logging_steps=options.logging_steps,
+        report_to=[],
+        seed=options.seed,
+        data_seed=options.seed,
+        dataloader_drop_last=True,
+        prompts=prompts,
+        batch_sampler=LengthGroupedBatchSampler if options.group_by_length else "no_duplicates",
+        use_cpu=not torch.cuda.is_available(),
+    )
+    weights = {"nce_weight": options.nce_weight, "gor_weight": options.gor_weight}
+    loss = recipe_loss(model, config.matryoshka_dims, **weights, distill_weight=options.distill_weight)
+    evaluation = None
+    if options.eval_sts_file:
+        evaluation = evaluation_logger(
+            output / "learning_curve.jsonl",
+            options.eval_sts_file,
+            options.eval_prompt_name,
+            options.curve_offset_minutes,
+        )
+    callback = budget_callback(clock, evaluation, options.eval_every_minutes)
+    return RecipeTrainer(
+        model=model, args=args, train_dataset=train_dataset, loss=loss, callbacks=[callback], clock=clock, warmup=warmup
+    )
+
+
+def write_summary(output: Path, trainer, clock, seconds: float, teacher, options: TrainingOptions, resolved: dict):
+    """OUTPUT_DIR/training_summary.json: steps, clock, this run's rates, every option as given, and what was
+    resolved from them on this machine (bf16, the teacher's dtype, threads)."""
+    tokens = trainer.tokens
+    write_json(
+        output / "training_summary.json",
+        {
+            "steps": trainer.state.global_step,
+            "training_seconds": round(clock.elapsed, 1),
+            "budget_seconds": clock.budget,
+            "last_step_started_at": round(trainer.step_log[-1][0], 3) if trainer.step_log else None,
+            "this_run": {
+                "seconds": round(seconds, 1),
+                "optimizer_steps": len(trainer.step_log),
+                "seconds_per_step": round(seconds / max(len(trainer.step_log), 1), 3),
+                "tokens": tokens["real"],
+                "padded_tokens": tokens["padded"],
+                "tokens_per_second": round(tokens["real"] / max(seconds, 1e-9), 1),
+                "steady": trainer.steady_rates(),
+            },
+            "teacher": teacher,
+            "options": asdict(options),
+            "resolved": {
+                **resolved,
+                "teacher_dtype": resolved_teacher_dtype(options.teacher_dtype),
+                "threads": torch.get_num_threads(),
+            },
+        },
+    )
 
 
 def native_bf16() -> bool:
@@ -1007,64 +1118,7 @@ def main(argv: list[str] | None = None) -> int:
         "or a .jsonl/.csv/.parquet file of anchor,positive[,negative] rows",
     )
     t.add_argument("--teacher", help="teacher embedding model folder (SentenceTransformer-loadable)")
-    t.add_argument(
-        "--teacher-dtype",
-        default="auto",
-        choices=("auto", "float32", "bfloat16"),
-        help="dtype of the teacher when caching its embeddings (default auto: bfloat16 where measured faster)",
-    )
-    for name, default in (("nce", 1.0), ("gor", 1.0), ("distill", 1.0)):
-        t.add_argument(f"--{name}-weight", type=float, default=default)
-    t.add_argument("--max-steps", type=int, help="plan and stop by steps (default 100 without --max-minutes)")
-    t.add_argument("--max-minutes", type=float, help="plan and stop by training wall-clock minutes")
-    t.add_argument("--batch-size", type=int, default=32)
-    t.add_argument("--learning-rate", type=float, default=2e-5)
-    t.add_argument("--warmup", type=float, default=0.1, help="warm-up, a fraction of the steps or minutes")
-    t.add_argument("--query-prompt", default="query", help="prompt name for anchors ('none' for none)")
-    t.add_argument("--document-prompt", default="document", help="prompt name for positives/negatives")
-    t.add_argument(
-        "--fit-head",
-        type=int,
-        nargs="?",
-        const=4096,
-        default=0,
-        metavar="TEXTS",
-        help="first fit the head by least squares to the teacher's embeddings of TEXTS anchors (default 4096)",
-    )
-    t.add_argument("--held-out", action="append", help="STS-B/SICK file whose texts are never trained on")
-    t.add_argument("--eval-sts-file", help="STS-B/SICK file evaluated during training (learning_curve.jsonl)")
-    t.add_argument("--eval-prompt-name", default="STS")
-    t.add_argument("--eval-every-minutes", type=float, help="evaluate every N training minutes (and at the end)")
-    t.add_argument("--curve-offset-minutes", type=float, default=0.0, help="training minutes of earlier stages")
-    t.add_argument("--save-steps", type=int, default=50)
-    t.add_argument("--resume", action="store_true", help="continue from the last checkpoint in OUTPUT_DIR")
-    t.add_argument(
-        "--gradient-checkpointing",
-        action=argparse.BooleanOptionalAction,
-        default=False,
-        help="recompute activations in the backward pass (less memory, ~1/3 more compute; default off)",
-    )
-    t.add_argument(
-        "--train-embeddings",
-        dest="freeze_embeddings",
-        action="store_false",
-        help="also train the token-embedding matrix (frozen by default: 262k x hidden parameters)",
-    )
-    t.add_argument(
-        "--group-by-length",
-        action=argparse.BooleanOptionalAction,
-        default=True,
-        help="batches of similar length, no text repeated in a batch (default on; off: random no-duplicate batches)",
-    )
-    t.add_argument(
-        "--bf16",
-        action=argparse.BooleanOptionalAction,
-        default=None,
-        help="bfloat16 mixed precision (default: on GPUs with bf16, and on CPUs where bf16 products measure faster "
-        "than float32 ones; the choice is recorded in training_summary.json)",
-    )
-    t.add_argument("--cache-dir", help="teacher-embedding cache (default OUTPUT_DIR/teacher-cache)")
-    t.add_argument("--seed", type=int, default=0)
+    TrainingOptions.add_arguments(t)
     s = commands.add_parser("soup", help="average checkpoints")
     s.add_argument("output_dir")
     s.add_argument("checkpoints", nargs="+")
@@ -1082,35 +1136,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "train":
             TERMINATION.__enter__()  # for the whole command: a SIGTERM while loading stops after the first step
             final = train(
-                args.model_dir,
-                args.output_dir,
-                args.data,
-                args.teacher,
-                nce_weight=args.nce_weight,
-                gor_weight=args.gor_weight,
-                distill_weight=args.distill_weight,
-                max_steps=args.max_steps,
-                max_minutes=args.max_minutes,
-                batch_size=args.batch_size,
-                learning_rate=args.learning_rate,
-                warmup=args.warmup,
-                query_prompt=None if args.query_prompt == "none" else args.query_prompt,
-                document_prompt=None if args.document_prompt == "none" else args.document_prompt,
-                bf16=args.bf16,
-                gradient_checkpointing=args.gradient_checkpointing,
-                freeze_embeddings=args.freeze_embeddings,
-                group_by_length=args.group_by_length,
-                fit_head_texts=args.fit_head,
-                held_out=args.held_out,
-                eval_sts_file=args.eval_sts_file,
-                eval_prompt_name=args.eval_prompt_name,
-                eval_every_minutes=args.eval_every_minutes,
-                curve_offset_minutes=args.curve_offset_minutes,
-                teacher_dtype=args.teacher_dtype,
-                save_steps=args.save_steps,
-                resume=args.resume,
-                seed=args.seed,
-                cache_dir=args.cache_dir,
+                args.model_dir, args.output_dir, args.data, args.teacher, TrainingOptions.from_arguments(args)
             )
             print(f"Wrote {final}")
         elif args.command == "soup":

@@ -36,12 +36,12 @@ import train_embeddinggemma as te  # noqa: E402
 
 CHANGES = [
     ("baseline (fp32, checkpointing, embeddings trained, random batches)", {}),
-    ("+ frozen token embeddings", {"freeze_embeddings": True}),
+    ("+ frozen token embeddings", {"train_embeddings": False}),
     ("+ no gradient checkpointing", {"gradient_checkpointing": False}),
     ("+ batches grouped by length", {"group_by_length": True}),
     ("+ bf16 mixed precision", {"bf16": True}),
 ]
-BASELINE = {"freeze_embeddings": False, "gradient_checkpointing": True, "group_by_length": False, "bf16": False}
+BASELINE = {"train_embeddings": True, "gradient_checkpointing": True, "group_by_length": False, "bf16": False}
 
 
 def sentences(count: int) -> list[dict]:

@@ -26,6 +26,7 @@ import embed_corpus as ec
 from conftest import REPO, slow
 from convert_checkpoint import ConversionError, convert
 from embed_corpus import CorpusError, embed_corpus
+from embeddinggemma_tools import files
 
 
 def run_corpus(*args, env=None):
@@ -98,7 +99,7 @@ def test_a_lock_from_another_machine_is_taken_over_only_once_stale(tiny_converte
     lock.write_text(json.dumps({"host": "other-machine", "pid": 1, "token": "z", "started": "now"}))
     with pytest.raises(CorpusError, match="another run"):
         embed_corpus(str(tiny_converted_dir), corpus, out, local=True, log=lambda m: None)
-    old = time.time() - ec.LOCK_STALE_S - 10  # no heartbeat for longer than the stale limit
+    old = time.time() - files.LOCK_STALE_S - 10  # no heartbeat for longer than the stale limit
     os.utime(lock, (old, old))
     assert embed_corpus(str(tiny_converted_dir), corpus, out, local=True, log=lambda m: None)["embedded_rows"] == 10
 
@@ -147,14 +148,14 @@ def test_fingerprint_cache_is_used_and_never_stale(tiny_converted_dir, tmp_path)
     model = tmp_path / "model"
     shutil.copytree(tiny_converted_dir, model)
     cache = tmp_path / "cache.json"
-    first = ec.fingerprint_folder(model, cache)
-    assert ec.fingerprint_folder(model, cache) == first == ec.fingerprint_folder(model)
+    first = files.fingerprint_folder(model, cache)
+    assert files.fingerprint_folder(model, cache) == first == files.fingerprint_folder(model)
     digests = json.loads(cache.read_text())
     assert {"model.safetensors", "config.json", "modeling_embeddinggemma.py", "tokenizer.json"} <= set(digests)
     weights = load_file(model / "model.safetensors")
     weights["dense.0.weight"][0, 0] += 1
     save_file(weights, model / "model.safetensors", metadata={"format": "pt"})
-    assert ec.fingerprint_folder(model, cache) != first
+    assert files.fingerprint_folder(model, cache) != first
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -528,11 +529,11 @@ def test_ray_helpers_of_a_sigkilled_driver_are_ended_by_the_next_run(tiny_conver
     process.kill()
     process.wait(timeout=60)
     time.sleep(8)  # the helpers that die with the driver are gone by now
-    helpers = [h for h in json.loads(record.read_text())["helpers"] if ec.process_start_time(h["pid"]) == h["start"]]
+    helpers = [h for h in json.loads(record.read_text())["helpers"] if files.process_start_time(h["pid"]) == h["start"]]
     assert helpers, "expected Ray helpers still running after SIGKILL (Ray's behaviour this test guards against)"
     result = run_corpus(*command)
     assert result.returncode == 0, result.stderr[-3000:]
     assert re.search(r"ended [1-9]\d* Ray helper processes left by a killed earlier run", result.stderr)
-    assert not any(ec.process_start_time(h["pid"]) == h["start"] for h in helpers)
+    assert not any(files.process_start_time(h["pid"]) == h["start"] for h in helpers)
     assert not record.exists()
     assert len(read_output(output)) == 1000

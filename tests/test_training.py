@@ -2,6 +2,8 @@
 processes gather negatives like one process, souping averages, the teacher cache is reused and invalidated, and
 evaluation prints one Spearman per Matryoshka dim."""
 
+import argparse
+import dataclasses
 import json
 import shutil
 import subprocess
@@ -354,7 +356,7 @@ def test_max_minutes_stops_on_time_with_a_checkpoint_a_model_and_a_curve(student
         batch_size=8,
         learning_rate=1e-3,
         save_steps=10**6,
-        fit_head_texts=16,
+        fit_head=16,
         held_out=[str(sts)],
         eval_sts_file=str(sts),
         eval_every_minutes=0.05,
@@ -362,6 +364,11 @@ def test_max_minutes_stops_on_time_with_a_checkpoint_a_model_and_a_curve(student
     )
     run = tmp_path / "run"
     summary = json.loads((run / "training_summary.json").read_text())
+    # every option recorded, as given (TrainingOptions names them once)
+    assert set(summary["options"]) == {item.name for item in dataclasses.fields(te.TrainingOptions)}
+    assert summary["options"]["fit_head"] == 16 and summary["options"]["held_out"] == [str(sts)]
+    assert summary["options"]["seed"] == 0 and summary["options"]["warmup"] == 0.1
+    assert summary["resolved"]["bf16_chosen_by"] and summary["teacher"] == str(tiny_converted_dir)
     # on time: no step starts once the 9 s are spent, and the run does not stop before
     # (the budget is checked at each step's end; the next step's start is recorded a moment later)
     assert summary["budget_seconds"] == 9.0 <= summary["training_seconds"]
@@ -524,3 +531,27 @@ def test_sigterm_saves_a_checkpoint_and_resume_continues_it(student, tiny_conver
     assert int(last.name.split("-")[1]) > steps
     assert json.loads((last / "budget.json").read_text())["elapsed_seconds"] > elapsed
     assert json.loads((last / "trainer_state.json").read_text())["global_step"] == int(last.name.split("-")[1])
+
+
+def test_options_are_named_once_for_train_the_command_line_and_resume(tmp_path):
+    parser = argparse.ArgumentParser()
+    te.TrainingOptions.add_arguments(parser)
+    assert te.TrainingOptions.from_arguments(parser.parse_args([])) == te.TrainingOptions()  # same defaults
+    args = parser.parse_args(
+        ["--fit-head", "--train-embeddings", "--no-group-by-length", "--held-out", "a", "--held-out", "b"]
+        + ["--query-prompt", "none", "--seed", "3", "--teacher-dtype", "float32", "--max-minutes", "2"]
+    )
+    options = te.TrainingOptions.from_arguments(args)
+    assert options.fit_head == 4096 and options.train_embeddings and not options.group_by_length
+    assert options.held_out == ["a", "b"] and options.query_prompt is None and options.seed == 3
+    assert options.teacher_dtype == "float32" and options.max_minutes == 2.0
+    with pytest.raises(TypeError, match="freeze_embeddings"):  # an unknown keyword, before anything is read
+        te.train("no-model", str(tmp_path / "out"), ["sick:none"], freeze_embeddings=True)
+    with pytest.raises(ValueError, match="--max-minutes -1"):
+        te.TrainingOptions(max_minutes=-1)
+    # a run recorded under the earlier names resumes under today's, and a change is still named
+    (tmp_path / "run_arguments.json").write_text(json.dumps({"freeze_embeddings": True, "fit_head_texts": 16}))
+    te.check_resume_arguments(tmp_path, {"train_embeddings": False, "fit_head": 16}, resuming=True)
+    (tmp_path / "run_arguments.json").write_text(json.dumps({"freeze_embeddings": True, "fit_head_texts": 16}))
+    with pytest.raises(ValueError, match=r"train_embeddings: False -> True"):
+        te.check_resume_arguments(tmp_path, {"train_embeddings": True, "fit_head": 16}, resuming=True)

@@ -1,0 +1,7 @@
+# Copyright 2026 the embeddinggemma authors. Licensed under the Apache License, Version 2.0.
+"""The tools' wing: code shared by the converter, the trainer and the corpus embedder, which model folders never
+carry. The remote-code files (`*_embeddinggemma.py` at the top level) stay flat beside `config.json` and import
+nothing from here.
+
+- `files`: atomic writes, the lock of an output folder, process liveness, file and folder fingerprints.
+"""
