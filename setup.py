@@ -20,12 +20,11 @@ setup(
         "precision_embeddinggemma",
         "pipeline_embeddinggemma",
         "convert_checkpoint",
-        "export_embeddinggemma",
         "embed_corpus",
         "train_embeddinggemma",
         "testing_embeddinggemma",
     ],
-    packages=["embeddinggemma_tools"],
+    packages=["embeddinggemma_tools", "embeddinggemma_tools.convert"],
     install_requires=[
         "torch>=2.4",
         "transformers>=4.57,<6",

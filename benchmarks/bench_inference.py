@@ -175,7 +175,7 @@ def exports(ctx) -> Path:
     """The converter's own exports of the measured model (what users download): onnx/ (float32 and int8) and GGUF
     f16 / q8_0, made once per run (--to onnx,gguf, verification left to the tests: the table's cosines show it)."""
     from convert_checkpoint import convert
-    from export_embeddinggemma import llama_cpp_available
+    from embeddinggemma_tools.convert.export import llama_cpp_available
 
     folder = Path(ctx["work"]) / "exports"
     if not folder.exists():
@@ -223,7 +223,7 @@ def load_llama_cpp(ctx, gguf_type):
     output)."""
     import llama_cpp
 
-    from export_embeddinggemma import gguf_file_name
+    from embeddinggemma_tools.convert.export import gguf_file_name
 
     tokens = min(2048, ctx["max_length"])  # as many as the model takes, so that long texts are cut where ours are
     llm = llama_cpp.Llama(
@@ -341,7 +341,7 @@ def main() -> int:
     ctx = prepare(args)
     if BASELINE not in names:
         names.insert(0, BASELINE)
-    from export_embeddinggemma import _importable, llama_cpp_available
+    from embeddinggemma_tools.convert.export import _importable, llama_cpp_available
 
     if not all(_importable(m) for m in ("onnx", "onnxscript", "onnxruntime")):
         names = [n for n in names if not n.startswith("onnxruntime")]

@@ -3,5 +3,8 @@
 carry. The remote-code files (`*_embeddinggemma.py` at the top level) stay flat beside `config.json` and import
 nothing from here.
 
-- `files`: atomic writes, the lock of an output folder, process liveness, file and folder fingerprints.
+- `files`: atomic writes (files and folders), the lock of an output folder, process liveness, file and folder
+  fingerprints;
+- `convert`: the converter's stages (sources, build, targets with writer and verifier side by side, model card,
+  hub); `convert_checkpoint.py` at the top level is its entry point.
 """

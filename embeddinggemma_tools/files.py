@@ -10,10 +10,14 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
+import signal
 import socket
+import tempfile
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 
 
@@ -182,3 +186,83 @@ def process_start_time(pid: int) -> str | None:
             return handle.read().rsplit(")", 1)[1].split()[19]
     except (OSError, IndexError):
         return None
+
+
+OWNER_FILE = ".embeddinggemma-writer.json"  # in a temporary folder while it is written: who writes it
+
+
+def remove_stale_temporary_folders(output_dir: Path) -> list[Path]:
+    """Temporary folders of earlier conversions to the same output whose writer is gone (killed with SIGKILL, or its
+    machine restarted): they hold a whole model's weights. Folders of a writer still running are left alone."""
+    removed = []
+    for candidate in output_dir.parent.glob(f".{output_dir.name}.*-*"):
+        owner = candidate / OWNER_FILE
+        if not candidate.is_dir() or not owner.is_file():
+            continue
+        try:
+            writer = json.loads(owner.read_text())
+        except (OSError, ValueError):
+            continue
+        if writer.get("host") == socket.gethostname() and not process_alive(writer.get("pid")):
+            shutil.rmtree(candidate, ignore_errors=True)
+            removed.append(candidate)
+    return removed
+
+
+class _Terminated(BaseException):
+    """SIGTERM during a conversion: unwinds like Ctrl-C, so the temporary folder is removed."""
+
+
+def write_folder_atomically(output_dir: Path, write: Callable[[Path], None], error: type[Exception] = OSError) -> None:
+    """Calls `write(tmp_dir)` on a fresh folder beside `output_dir`, then moves it into place. On any error, Ctrl-C or
+    SIGTERM the temporary folder is removed and `output_dir` is left as it was; one left by a SIGKILLed run is removed
+    by the next run (see `remove_stale_temporary_folders`). Files get the usual permissions (umask), not 0600. A
+    failed write raises `error` (each tool's own error class) saying nothing was written."""
+    remove_stale_temporary_folders(output_dir)
+    tmp_dir = Path(tempfile.mkdtemp(prefix=f".{output_dir.name}.tmp-", dir=output_dir.parent))
+    in_main_thread = threading.current_thread() is threading.main_thread()
+    previous = None
+
+    def terminate(signum, frame):
+        raise _Terminated()
+
+    try:
+        if in_main_thread:
+            previous = signal.signal(signal.SIGTERM, terminate)
+        (tmp_dir / OWNER_FILE).write_text(json.dumps({"host": socket.gethostname(), "pid": os.getpid()}))
+        write(tmp_dir)
+        (tmp_dir / OWNER_FILE).unlink()
+        apply_umask(tmp_dir)
+        if output_dir.exists():
+            old = Path(tempfile.mkdtemp(prefix=f".{output_dir.name}.old-", dir=output_dir.parent))
+            os.replace(output_dir, old / output_dir.name)
+            os.replace(tmp_dir, output_dir)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp_dir, output_dir)
+    except OSError as failure:
+        shutil.rmtree(tmp_dir, ignore_errors=True)
+        raise error(f"Writing {output_dir} failed ({failure}); nothing was written.") from failure
+    except _Terminated:
+        shutil.rmtree(tmp_dir, ignore_errors=True)
+        raise SystemExit(128 + signal.SIGTERM) from None
+    except BaseException:
+        shutil.rmtree(tmp_dir, ignore_errors=True)
+        raise
+    finally:
+        if in_main_thread and previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+
+
+def apply_umask(folder: Path) -> None:
+    """Folders 0777 and files 0666 less the umask, as a plain write would give (tempfile and some writers use 0600)."""
+    mask = _umask()
+    os.chmod(folder, 0o777 & ~mask)
+    for path in folder.rglob("*"):
+        os.chmod(path, (0o777 if path.is_dir() else 0o666) & ~mask)
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask

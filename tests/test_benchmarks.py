@@ -48,7 +48,7 @@ def test_bench_inference_smoke(tmp_path):
     systems = {row[1] for row in rows}
     expected = {"sentence-transformers", "transformers-native", "onnxruntime fp32", "ours int8 (encode defaults)"}
     expected |= {"onnxruntime int8 (model_quantized.onnx)", "ours bf16 (encode defaults)"}
-    if __import__("export_embeddinggemma").llama_cpp_available():
+    if __import__("embeddinggemma_tools.convert.export", fromlist=["export"]).llama_cpp_available():
         expected |= {
             "llama.cpp f16 (flash attention; 2048-token batches)",
             "llama.cpp q8_0 (flash attention; 2048-token batches)",

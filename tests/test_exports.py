@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 import torch
 
-import export_embeddinggemma as ex
 from conftest import REFERENCE, requires_checkpoint, slow
 from convert_checkpoint import ConversionError, convert, verification_texts
+from embeddinggemma_tools.convert import export as ex
 
 
 STSB_TEST = Path(__file__).resolve().parents[2] / "shared" / "data" / "stsbenchmark" / "sts-test.csv"

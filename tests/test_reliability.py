@@ -297,8 +297,8 @@ def test_an_interrupted_conversion_leaves_no_weights_behind(tiny_st_dir, tmp_pat
 def test_a_running_conversions_temporary_folder_is_left_alone(tmp_path):
     busy = tmp_path / ".out.tmp-busy"
     busy.mkdir()
-    (busy / convert_checkpoint.OWNER_FILE).write_text(json.dumps({"host": socket.gethostname(), "pid": os.getpid()}))
-    assert convert_checkpoint.remove_stale_temporary_folders(tmp_path / "out") == []
+    (busy / files.OWNER_FILE).write_text(json.dumps({"host": socket.gethostname(), "pid": os.getpid()}))
+    assert files.remove_stale_temporary_folders(tmp_path / "out") == []
     assert busy.is_dir()
 
 

@@ -11,9 +11,9 @@ import subprocess
 import numpy as np
 import pytest
 
-import export_embeddinggemma as ex
 from conftest import REPO
 from convert_checkpoint import convert
+from embeddinggemma_tools.convert import export as ex
 
 
 PACKAGE = REPO / ".cache" / "transformers-js" / "node_modules" / "@huggingface" / "transformers"
