@@ -41,8 +41,17 @@ LAYER_TYPES = ("sliding_attention", "full_attention")
 # positions; Gemma 3 27B has 62 layers and 131,072 positions). Sizes are also checked against the checkpoint's tensors.
 MAX_LAYERS = 1024
 MAX_POSITIONS = 1 << 20
-# sentence-transformers' Pooling modes that need no extra weights; EmbeddingGemma uses "mean".
-POOLING_MODES = ("mean", "max", "cls", "lasttoken", "mean_sqrt_len_tokens", "weightedmean")
+# sentence-transformers' Pooling modes that need no extra weights (EmbeddingGemma uses "mean"), each with the name
+# of its `pooling_mode_*` flag in a Pooling module's config.json: the one table of pooling names.
+POOLING_FLAGS = {
+    "mean": "mean_tokens",
+    "max": "max_tokens",
+    "cls": "cls_token",
+    "lasttoken": "lasttoken",
+    "mean_sqrt_len_tokens": "mean_sqrt_len_tokens",
+    "weightedmean": "weightedmean_tokens",
+}
+POOLING_MODES = tuple(POOLING_FLAGS)
 
 # `config.json`'s model_type. When transformers' own Gemma 3 reads the encoder exactly (the EmbeddingGemma window,
 # QK-norm, no softcapping, no RoPE scaling), the folder says "gemma3_text" with `use_bidirectional_attention: true`,

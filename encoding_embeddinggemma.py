@@ -14,8 +14,8 @@ from transformers.utils import logging
 
 logger = logging.get_logger(__name__)
 
-# Tokens per `encode` batch by default: large enough that the matrix multiplies run at the CPU's full rate (on a
-# 2-core AVX2 machine: 76 GFLOP/s at 320 rows, 87 at 1,024, 94 at 4,096), small enough to bound memory.
+# Tokens per `encode` batch by default: large enough that the matrix multiplies run at the CPU's full rate, small
+# enough to bound memory (docs/performance.md has the rates by batch size).
 DEFAULT_MAX_BATCH_TOKENS = 4096
 # `show_progress_bar=None` shows the bar when the work is at least this many tokens (padded): a few seconds of work on
 # a laptop CPU with the real model, a wait worth watching.

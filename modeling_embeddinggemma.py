@@ -213,12 +213,18 @@ def onednn_available() -> bool:
     )
 
 
+# Weights of a linear layer compared on each call with the ones its oneDNN copy was packed from.
+WEIGHT_SAMPLES = 64
+
+
 class EmbeddingGemmaLinear(nn.Linear):
     """`nn.Linear` whose float32 and bfloat16 products on the CPU in eager inference run on oneDNN, with the weight
     packed once into oneDNN's blocked layout (faster than torch's default product at these shapes; docs/performance.md).
     The packed copy is neither a parameter nor a buffer (never saved, copied or pickled) and is repacked when the
-    weight changes, moves or any optimizer steps. Hooks see the module as any `nn.Linear`; anything else (autograd,
-    a trace, another device or dtype) runs `nn.Linear`'s product."""
+    weight changes (in place or through `load_state_dict`), moves or any optimizer steps; a write through `.data`,
+    which no version counter sees, is caught by `WEIGHT_SAMPLES` weights compared on each call (set the weight
+    through the parameter itself to be sure of any change). Hooks see the module as any `nn.Linear`; anything else
+    (autograd, a trace, another device or dtype) runs `nn.Linear`'s product."""
 
     onednn = None  # whether this torch can (decided on first use, per process)
 
@@ -252,13 +258,16 @@ class EmbeddingGemmaLinear(nn.Linear):
         weight = self.weight
         key = (weight.data_ptr(), weight._version, weight.shape, weight.dtype, OptimizerSteps.count)
         cached = self._onednn_weight
-        if cached is None or cached[0] != key:
+        # Writes through `.data` (PEFT's merge_and_unload adds its deltas so) bump no version counter: a sample of the
+        # weight, compared on every call, catches them.
+        sample = weight.detach().reshape(-1)[:: max(1, weight.numel() // WEIGHT_SAMPLES)]
+        if cached is None or cached[0] != key or not torch.equal(cached[2], sample):
             if EmbeddingGemmaLinear.onednn is None:
                 EmbeddingGemmaLinear.onednn = onednn_available()
             try:
                 if not EmbeddingGemmaLinear.onednn:
                     raise RuntimeError("no oneDNN products in this torch")
-                cached = (key, torch.ops.mkldnn._reorder_linear_weight(weight.detach(), None))
+                cached = (key, torch.ops.mkldnn._reorder_linear_weight(weight.detach(), None), sample.clone())
             except RuntimeError:  # a build without them: plain products from now on, in this process
                 EmbeddingGemmaLinear.onednn = False
                 return super().forward(x)
@@ -753,7 +762,7 @@ class EmbeddingGemmaTextModel(EmbeddingGemmaPreTrainedModel):
         output_attentions: bool | None = None,
         return_dict: bool | None = None,
     ) -> BaseModelOutput:
-        output, _ = self.encode_batch(
+        output, _ = self.run_encoder(
             input_ids, attention_mask, position_ids, inputs_embeds, output_hidden_states, output_attentions
         )
         return output if _return_dict(self.config, return_dict) else output.to_tuple()
@@ -784,7 +793,7 @@ class EmbeddingGemmaTextModel(EmbeddingGemmaPreTrainedModel):
         logger.info_once(f"EmbeddingGemma runs the reference path: {reason}.")
         return "reference"
 
-    def encode_batch(
+    def run_encoder(
         self,
         input_ids=None,
         attention_mask=None,
@@ -1147,7 +1156,7 @@ class EmbeddingGemmaModel(EmbeddingGemmaEncodeMixin, EmbeddingGemmaPreTrainedMod
         token_type_ids: torch.Tensor | None = None,  # some tokenizers return it; Gemma has one segment
     ) -> EmbeddingGemmaModelOutput:
         truncate_dim = self.check_truncate_dim(truncate_dim)
-        encoder_output, padding_mask = self.model.encode_batch(
+        encoder_output, padding_mask = self.model.run_encoder(
             input_ids, attention_mask, position_ids, inputs_embeds, output_hidden_states, output_attentions
         )
         embeddings = pool(encoder_output.last_hidden_state, padding_mask, self.config.pooling_mode)

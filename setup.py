@@ -17,6 +17,7 @@ setup(
         "packed_embeddinggemma",
         "encoding_embeddinggemma",
         "quantization_embeddinggemma",
+        "calibration_embeddinggemma",
         "precision_embeddinggemma",
         "pipeline_embeddinggemma",
         "convert_checkpoint",

@@ -7,11 +7,11 @@ import torch
 from transformers import AutoModel
 
 from conftest import TEXTS
+from helpers import ATOL
 
 
 peft = pytest.importorskip("peft", reason="PEFT is not installed: pip install -e .[test]")
 
-ATOL = 1e-5  # float32
 TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 
 

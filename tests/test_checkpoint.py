@@ -80,7 +80,7 @@ def test_int8_stays_within_q8_0s_agreement(converted, real_model):
     from transformers import AutoModel
 
     from conftest import REPO
-    from quantization_embeddinggemma import cpu_has_vnni
+    from precision_embeddinggemma import cpu_has_vnni
 
     stsb = REPO.parent / "shared" / "data" / "stsbenchmark" / "sts-test.csv"
     sentences = SHORT

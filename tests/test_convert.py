@@ -12,9 +12,7 @@ from transformers import AutoModel, AutoTokenizer
 
 from conftest import TEXTS, run_isolated
 from convert_checkpoint import ConversionError, convert, main
-
-
-ATOL = 1e-5  # float32
+from helpers import ATOL
 
 
 def encode_ours(folder, texts, prompt="", truncate_dim=None):

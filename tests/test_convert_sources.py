@@ -13,6 +13,7 @@ from transformers import AutoModel, AutoTokenizer
 import convert_checkpoint
 from conftest import TEXTS
 from convert_checkpoint import ConversionError, convert
+from helpers import ATOL
 from modeling_embeddinggemma import pool
 from testing_embeddinggemma import (
     T5GEMMA2_EOI,
@@ -20,9 +21,6 @@ from testing_embeddinggemma import (
     build_tiny_t5gemma,
     build_tiny_t5gemma2,
 )
-
-
-ATOL = 1e-5
 
 
 def _t5gemma_window_is_current():

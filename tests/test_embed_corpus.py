@@ -5,7 +5,6 @@ import json
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import numpy as np
 import pyarrow.parquet as pq
@@ -14,29 +13,7 @@ from transformers import AutoModel
 
 from conftest import REPO, slow
 from embed_corpus import FAULT_ENV, CorpusError, embed_corpus
-
-
-WORDS = "the a man woman dog cat is are playing guitar on red planet mars in blue sky with".split()
-
-
-def write_corpus(path: Path, rows: int = 240, seed: int = 0, extra=()) -> list[dict]:
-    rng = np.random.default_rng(seed)
-    records = [
-        {"id": f"doc-{i}", "text": " ".join(rng.choice(WORDS, size=int(rng.integers(1, 30)))), "title": f"t{i % 7}"}
-        for i in range(rows)
-    ]
-    records += list(extra)
-    with open(path, "w", encoding="utf-8") as handle:
-        for record in records:
-            handle.write(json.dumps(record) + "\n")
-    return records
-
-
-def read_output(folder: Path) -> dict:
-    table = pq.read_table(folder)
-    ids = table.column("id").to_pylist()
-    assert len(ids) == len(set(ids)), "an id was written twice"
-    return dict(zip(ids, np.stack(table.column("embedding").to_numpy(zero_copy_only=False))))
+from helpers import read_output, write_corpus
 
 
 @pytest.fixture(scope="module")

@@ -10,9 +10,8 @@ from transformers import AutoModel, AutoTokenizer
 
 from conftest import TEXTS, slow
 from encoding_embeddinggemma import token_length_batches
-
-
-ATOL = 1e-5
+from helpers import ATOL
+from modeling_embeddinggemma import EmbeddingGemmaModel
 
 
 @pytest.fixture(scope="module")
@@ -175,3 +174,26 @@ def test_torch_compile_gives_the_same_vectors(tiny_converted_dir):
     compiled = torch.compile(model)
     with torch.no_grad():
         assert (compiled(**batch).sentence_embedding - model(**batch).sentence_embedding).abs().max() <= ATOL
+
+
+def test_token_budget_batches():
+    assert token_length_batches([10] * 10, batch_size=None, max_batch_tokens=40) == [4, 4, 2]
+    assert token_length_batches([3] * 100, batch_size=None, max_batch_tokens=4096) == [100]
+    assert token_length_batches([3] * 100, batch_size=32, max_batch_tokens=4096) == [32, 32, 32, 4]
+    assert token_length_batches([5000, 10], batch_size=None, max_batch_tokens=4096) == [1, 1]
+
+
+def test_encode_default_batches_by_tokens(tiny_converted_dir, monkeypatch):
+    model = EmbeddingGemmaModel.from_pretrained(tiny_converted_dir)
+    texts = ["a dog"] * 50 + ["the man is playing guitar on the red planet mars in the blue sky"] * 5
+    sizes = []
+    original = model.forward
+    monkeypatch.setattr(model, "forward", lambda **k: sizes.append(tuple(k["input_ids"].shape)) or original(**k))
+    first = model.encode(texts)
+    assert len(sizes) == 1 and sizes[0][0] == 55  # one batch: far below 4,096 tokens, and no count limit
+    sizes.clear()
+    second = model.encode(texts, max_batch_tokens=60)
+    assert len(sizes) > 1 and all(rows * length <= 60 for rows, length in sizes)  # rows x longest
+    np.testing.assert_allclose(first, second, atol=ATOL)
+    with pytest.raises(ValueError, match="max_batch_tokens=0 must be a positive int"):
+        model.encode(texts, max_batch_tokens=0)

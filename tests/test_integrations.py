@@ -9,9 +9,7 @@ from sentence_transformers import SentenceTransformer
 from transformers import AutoModel, pipeline
 
 from conftest import TEXTS
-
-
-ATOL = 1e-5
+from helpers import ATOL
 
 
 @pytest.fixture(scope="module")

@@ -8,29 +8,9 @@ from sentence_transformers.models import Dense, Normalize, Pooling
 from transformers import Gemma3TextModel
 
 from configuration_embeddinggemma import POOLING_MODES
+from helpers import ATOL, LENGTHS, make_batch, tiny_model
 from modeling_embeddinggemma import EmbeddingGemmaModel, bidirectional_attention_mask
-from testing_embeddinggemma import randomize_, reference_gemma3_config, tiny_config
-
-
-ATOL = 1e-5  # float32
-LENGTHS = [16, 9, 3, 12]  # right-padded to 16: longer than the +-2 window, with much padding
-
-
-def make_batch(lengths=LENGTHS, vocab=384, seed=0):
-    generator = torch.Generator().manual_seed(seed)
-    length = max(lengths)
-    input_ids = torch.randint(4, vocab, (len(lengths), length), generator=generator)
-    attention_mask = torch.zeros(len(lengths), length, dtype=torch.long)
-    for row, n in enumerate(lengths):
-        attention_mask[row, :n] = 1
-        input_ids[row, 0], input_ids[row, n - 1], input_ids[row, n:] = 2, 1, 0  # <bos> ... <eos> <pad>...
-    return input_ids, attention_mask
-
-
-def tiny_model(attn="sdpa", **overrides):
-    model = randomize_(EmbeddingGemmaModel(tiny_config(**overrides)))
-    model.config._attn_implementation = attn
-    return model.eval()
+from testing_embeddinggemma import reference_gemma3_config
 
 
 def reference_from(model, attn):

@@ -7,8 +7,8 @@ import warnings
 import torch
 
 import modeling_embeddinggemma
+from helpers import make_batch, tiny_model
 from modeling_embeddinggemma import EmbeddingGemmaLinear
-from test_modeling import make_batch, tiny_model
 
 
 def test_bfloat16_embeddings_are_float32_unit_vectors():

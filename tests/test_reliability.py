@@ -19,7 +19,6 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 from safetensors.torch import load_file, save_file
-from test_embed_corpus import read_output, write_corpus
 
 import convert_checkpoint
 import embed_corpus as ec
@@ -27,6 +26,7 @@ from conftest import REPO, slow
 from convert_checkpoint import ConversionError, convert
 from embed_corpus import CorpusError, embed_corpus
 from embeddinggemma_tools import files
+from helpers import read_output, write_corpus
 
 
 def run_corpus(*args, env=None):
@@ -478,7 +478,7 @@ def test_matryoshka_dims_without_duplicates():
 
 
 def test_forward_beyond_the_maximum_length_warns(caplog):
-    from test_modeling import tiny_model
+    from helpers import tiny_model
 
     model = tiny_model()
     length = model.config.max_position_embeddings + 4

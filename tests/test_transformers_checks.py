@@ -18,10 +18,9 @@ from transformers import AutoModel
 
 import modeling_embeddinggemma
 from conftest import REPO, slow
-from test_modeling import make_batch, tiny_model
+from helpers import ATOL, make_batch, tiny_model
 
 
-ATOL = 1e-5  # float32
 IMPLEMENTATIONS = ["eager", "sdpa", "flex_attention"]
 
 
@@ -265,6 +264,7 @@ def test_save_and_load_keeps_everything_and_the_tokenizer(loaded, tmp_path):
         "packed_embeddinggemma.py",
         "encoding_embeddinggemma.py",
         "quantization_embeddinggemma.py",
+        "calibration_embeddinggemma.py",
         "pipeline_embeddinggemma.py",
     } <= files
     again = AutoModel.from_pretrained(tmp_path / "saved", trust_remote_code=True)
@@ -389,6 +389,7 @@ def test_remote_code_files_are_the_repository_modules(tiny_converted_dir):
         "packed_embeddinggemma.py",
         "encoding_embeddinggemma.py",
         "quantization_embeddinggemma.py",
+        "calibration_embeddinggemma.py",
         "precision_embeddinggemma.py",
         "configuration_embeddinggemma.py",
         "pipeline_embeddinggemma.py",

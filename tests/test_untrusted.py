@@ -119,7 +119,7 @@ def test_a_sound_folder_still_loads_and_embeds(tiny_converted_dir):
 
 @pytest.mark.parametrize("fast, attn", [(True, "sdpa"), (False, "sdpa"), (False, "eager"), (False, "flex_attention")])
 def test_an_all_padding_row_is_an_error_on_every_path(fast, attn):
-    from test_modeling import make_batch, tiny_model
+    from helpers import make_batch, tiny_model
 
     model = tiny_model(attn=attn)
     model.config.use_packed_path = fast
@@ -136,8 +136,8 @@ def test_one_text_alone_and_in_a_batch_agree_on_every_path(mode):
     """Padding never changes a text's embedding: float32 to rounding (1e-5) on the packed path and the reference
     path with sdpa, eager and flex attention; bfloat16 to its rounding (products see other shapes: 2e-2); int8 to
     rounding too (activation scales are per token, so the batch never sets them: 1e-4)."""
+    from helpers import make_batch, tiny_model
     from quantization_embeddinggemma import quantize_int8
-    from test_modeling import make_batch, tiny_model
 
     input_ids, attention_mask = make_batch(seed=10)
     tolerance = {"float32": 1e-5, "bfloat16": 2e-2, "int8": 1e-4}[mode]

@@ -13,7 +13,13 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file
 
-from configuration_embeddinggemma import MODEL_TYPES, POOLING_MODES, EmbeddingGemmaConfig, is_embeddinggemma_config
+from configuration_embeddinggemma import (
+    MODEL_TYPES,
+    POOLING_FLAGS,
+    POOLING_MODES,
+    EmbeddingGemmaConfig,
+    is_embeddinggemma_config,
+)
 from embeddinggemma_tools.convert.common import ALLOW_PATTERNS, ConversionError, ReferenceUnavailable, Source
 from modeling_embeddinggemma import EmbeddingGemmaModel
 
@@ -308,12 +314,8 @@ def read_sentence_transformers(path: Path, name: str, **_) -> Source:
             if mode is None:
                 mode = [k[len("pooling_mode_") :] for k, v in pooling.items() if k.startswith("pooling_mode_") and v]
                 mode = mode[0] if len(mode) == 1 else mode
-            mode = {
-                "mean_tokens": "mean",
-                "cls_token": "cls",
-                "max_tokens": "max",
-                "weightedmean_tokens": "weightedmean",
-            }.get(mode[0] if isinstance(mode, list) and len(mode) == 1 else mode, mode)
+            modes = {flag: mode for mode, flag in POOLING_FLAGS.items()}
+            mode = modes.get(mode[0] if isinstance(mode, list) and len(mode) == 1 else mode, mode)
             if mode not in POOLING_MODES:
                 raise ConversionError(
                     f"{module_dir}/config.json pools with {mode!r}; expected one of {POOLING_MODES} (EmbeddingGemma: "

@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import save_file
 
-from configuration_embeddinggemma import EmbeddingGemmaConfig
+from configuration_embeddinggemma import POOLING_FLAGS, EmbeddingGemmaConfig
 from embeddinggemma_tools.convert.common import MIN_COSINE, VERIFY_TEXTS, ConversionError, ReferenceUnavailable, Source
 from embeddinggemma_tools.convert.export import (
     ONNX_FILE,
@@ -185,17 +185,9 @@ def export_sentence_transformers(
             metadata={"format": "pt"},
         )
     modules = [{"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"}]
-    modes = {
-        "cls": "cls_token",
-        "mean": "mean_tokens",
-        "max": "max_tokens",
-        "mean_sqrt_len_tokens": "mean_sqrt_len_tokens",
-        "weightedmean": "weightedmean_tokens",
-        "lasttoken": "lasttoken",
-    }
     pooling = {
         "word_embedding_dimension": config.hidden_size,
-        **{f"pooling_mode_{name}": mode == config.pooling_mode for mode, name in modes.items()},
+        **{f"pooling_mode_{flag}": mode == config.pooling_mode for mode, flag in POOLING_FLAGS.items()},
         "include_prompt": True,
     }
     (folder / "1_Pooling").mkdir()
