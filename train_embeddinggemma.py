@@ -1128,6 +1128,15 @@ def main(argv: list[str] | None = None) -> int:
     e.add_argument("--sts-file", help="STS-B (or SICK, detected by its header) file: 'dim D spearman X' lines")
     e.add_argument("--sick-file", help="SICK file: 'sick-r dim D spearman X' lines, printed before STS-B's")
     e.add_argument("--prompt-name")
+    e.add_argument(
+        "--retrieval",
+        action="append",
+        metavar="DIR",
+        help="a retrieval set in BEIR's layout (corpus, queries, qrels; embeddinggemma_tools/retrieval.py): "
+        "'retrieval NAME dim D ndcg@10 X recall@1 X recall@10 X mrr@10 X' lines",
+    )
+    e.add_argument("--query-prompt-name", default="query", help="prompt of retrieval queries ('none' for none)")
+    e.add_argument("--document-prompt-name", default="document", help="prompt of retrieval documents ('none')")
     c = commands.add_parser("check-held-out", help="fail if a run trained on a held-out text")
     c.add_argument("run_dirs", nargs="+")
     c.add_argument("--held-out", action="append", required=True)
@@ -1145,15 +1154,22 @@ def main(argv: list[str] | None = None) -> int:
             count = check_held_out(args.run_dirs, args.held_out)
             print(f"held-out check passed: none of the {count} trained texts is in {', '.join(args.held_out)}")
         else:
-            if not (args.sts_file or args.sick_file):
-                raise ValueError("evaluate needs --sts-file and/or --sick-file.")
+            if not (args.sts_file or args.sick_file or args.retrieval):
+                raise ValueError("evaluate needs --sts-file, --sick-file and/or --retrieval DIR.")
             from sentence_transformers import SentenceTransformer
 
+            from embeddinggemma_tools.retrieval import evaluate_retrieval, read_retrieval_set
+
+            datasets = [read_retrieval_set(folder) for folder in args.retrieval or []]  # bad folders before loading
             model = SentenceTransformer(str(args.model_dir), device="cpu", trust_remote_code=True)
             for prefix, path in (("sick-r ", args.sick_file), ("", args.sts_file)):
                 if path:
                     for dim, score in evaluate(args.model_dir, path, args.prompt_name, model=model).items():
                         print(f"{prefix}dim {dim} spearman {score:.2f}")
+            prompts = [None if name == "none" else name for name in (args.query_prompt_name, args.document_prompt_name)]
+            for dataset in datasets:
+                for dim, figures in evaluate_retrieval(model, dataset, *prompts).items():
+                    print(f"retrieval {dataset.name} dim {dim} " + " ".join(f"{k} {v:.2f}" for k, v in figures.items()))
     except (ValueError, FileNotFoundError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
