@@ -840,7 +840,9 @@ def training_datasets(rows, teacher, prompts: dict, config, output: Path, option
                     f"The teacher's embeddings have {vectors.shape[-1]} dims but the student's {config.embedding_dim}; "
                     "convert the student with --embedding-dim matching the teacher (e.g. 768)."
                 )
-            columns["label"] = vectors.tolist()
+            # float32 arrays go to Arrow as they are: `.tolist()` made Python floats of them first, ~16x the
+            # cache's size in memory at once (the stage-1 process grew to 17 GB)
+            columns["label"] = np.ascontiguousarray(vectors, dtype=np.float32)
             fit_texts += columns["anchor"]
             fit_targets.append(vectors[:, 0])
         datasets[name] = Dataset.from_dict(columns)
@@ -908,6 +910,14 @@ def recipe_trainer(model, config, train_dataset, prompts, output: Path, clock, b
     )
 
 
+def peak_rss_gb() -> float:
+    """The peak resident memory of this process so far, in GB (Linux reports KiB, macOS bytes)."""
+    import resource
+
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return round(peak / (1e9 if sys.platform == "darwin" else 1e6), 2)
+
+
 def write_summary(output: Path, trainer, clock, seconds: float, teacher, options: TrainingOptions, resolved: dict):
     """OUTPUT_DIR/training_summary.json: steps, clock, this run's rates, every option as given, and what was
     resolved from them on this machine (bf16, the teacher's dtype, threads)."""
@@ -927,6 +937,7 @@ def write_summary(output: Path, trainer, clock, seconds: float, teacher, options
                 "padded_tokens": tokens["padded"],
                 "tokens_per_second": round(tokens["real"] / max(seconds, 1e-9), 1),
                 "steady": trainer.steady_rates(),
+                "peak_rss_gb": peak_rss_gb(),
             },
             "teacher": teacher,
             "options": asdict(options),

@@ -94,6 +94,7 @@ def run(student, teacher, rows, settings, steps, batch_size, cache, workdir, thr
         return {
             **summary["steady"],
             "padding": 1 - summary["tokens"] / max(summary["padded_tokens"], 1),
+            "peak_rss_gb": summary["peak_rss_gb"],
         }
     finally:
         torch.set_num_threads(previous)
@@ -121,27 +122,30 @@ def main(argv=None) -> int:
         cache = args.cache_dir or str(Path(workdir) / "cache")
         print(f"# {platform_line()}; torch {torch.__version__}; {torch.get_num_threads()} threads")
         print(f"# student {student}; {len(rows)} STS-B train sentences, batch {batch_size}, {steps} steps each\n")
-        print("| configuration | training tokens/s | s/step | padding | vs baseline |")
-        print("|---|---|---|---|---|")
+        # peak RSS is this process's so far (it never goes down): each row's is at least the rows' above it
+        print("| configuration | training tokens/s | s/step | padding | vs baseline | peak RSS (GB) |")
+        print("|---|---|---|---|---|---|")
         settings, baseline = dict(BASELINE), None
         for name, change in CHANGES:
             settings.update(change)
             if change.get("bf16") and not te.native_bf16():
-                print(f"| {name} | skipped: no native bf16 on this CPU (slower than fp32) | | | |")
+                print(f"| {name} | skipped: no native bf16 on this CPU (slower than fp32) | | | | |")
                 settings["bf16"] = False
                 continue
             figures = run(student, teacher, rows, settings, steps, batch_size, cache, workdir)
             baseline = baseline or figures["tokens_per_second"]
             print(
                 f"| {name} | {figures['tokens_per_second']:,.0f} | {figures['seconds_per_step']:.2f} | "
-                f"{figures['padding']:.0%} | {figures['tokens_per_second'] / baseline:.2f}x |",
+                f"{figures['padding']:.0%} | {figures['tokens_per_second'] / baseline:.2f}x | "
+                f"{figures['peak_rss_gb']} |",
                 flush=True,
             )
         if torch.get_num_threads() > 1:
             figures = run(student, teacher, rows, settings, steps, batch_size, cache, workdir, threads=1)
             print(
                 f"| the last, 1 thread | {figures['tokens_per_second']:,.0f} | {figures['seconds_per_step']:.2f} | "
-                f"{figures['padding']:.0%} | {figures['tokens_per_second'] / baseline:.2f}x |"
+                f"{figures['padding']:.0%} | {figures['tokens_per_second'] / baseline:.2f}x | "
+                f"{figures['peak_rss_gb']} |"
             )
     return 0
 

@@ -369,6 +369,7 @@ def test_max_minutes_stops_on_time_with_a_checkpoint_a_model_and_a_curve(student
     assert summary["options"]["fit_head"] == 16 and summary["options"]["held_out"] == [str(sts)]
     assert summary["options"]["seed"] == 0 and summary["options"]["warmup"] == 0.1
     assert summary["resolved"]["bf16_chosen_by"] and summary["teacher"] == str(tiny_converted_dir)
+    assert 0 < summary["this_run"]["peak_rss_gb"] < 8  # the process's peak resident memory
     # on time: no step starts once the 9 s are spent, and the run does not stop before
     # (the budget is checked at each step's end; the next step's start is recorded a moment later)
     assert summary["budget_seconds"] == 9.0 <= summary["training_seconds"]
