@@ -202,7 +202,9 @@ def _time_products(shapes, modes) -> dict:
                 seconds = _best_time(lambda run=runner, x=typed: run(x), budget_s=0.05)
             except RuntimeError:  # a mode this build or CPU cannot run is left out, never an error in a forward
                 continue
-            figures.setdefault(mode, {})[str(tokens)] = round(flops / seconds / 1e9, 1)
+            rate = flops / seconds / 1e9
+            # three significant digits: a slow mode on tiny shapes under load must not round to 0 GFLOP/s
+            figures.setdefault(mode, {})[str(tokens)] = float(f"{rate:.3g}")
     return figures
 
 
