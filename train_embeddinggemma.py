@@ -129,7 +129,8 @@ def read_stsb_positives(path: str | os.PathLike, min_score: float = 4.0) -> list
 
 
 def read_rows(path: str | os.PathLike) -> list[dict]:
-    """(anchor, positive[, negative]) rows from .jsonl, .csv or .parquet."""
+    """(anchor, positive[, negative]) rows from .jsonl, .csv or .parquet; a file whose rows are all anchors alone gives
+    single texts (for distillation, as `texts:`)."""
     path = Path(path)
     if path.suffix == ".jsonl":
         rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
@@ -142,9 +143,17 @@ def read_rows(path: str | os.PathLike) -> list[dict]:
         rows = pq.read_table(path).to_pylist()
     else:
         raise ValueError(f"{path} has an unknown extension; expected .jsonl, .csv or .parquet (or sick:/stsb:).")
+    singles = bool(rows) and all(isinstance(row, dict) and set(row) == {"anchor"} for row in rows)
     for position, row in enumerate(rows):
-        if not isinstance(row.get("anchor"), str) or not isinstance(row.get("positive"), str):
-            raise ValueError(f"{path} row {position} needs string 'anchor' and 'positive' columns; got {row}.")
+        if (
+            not isinstance(row, dict)
+            or not isinstance(row.get("anchor"), str)
+            or not (singles or isinstance(row.get("positive"), str))
+        ):
+            raise ValueError(
+                f"{path} row {position} needs string 'anchor' and 'positive' columns (or every row an 'anchor' "
+                f"alone: single texts); got {row}."
+            )
     return [{k: row[k] for k in ("anchor", "positive", "negative") if row.get(k)} for row in rows]
 
 
