@@ -14,7 +14,7 @@ torch's own compiler emits for quantized CPU models; not the deprecated quantize
    weight is rounded column by column with its error compensated through the Gram matrix of its calibration inputs.
 4. **SmoothQuant** (opt-in, `smoothing=`): scales folded exactly into the layer that makes each input (the RMSNorm
    weights before q/k/v and gate/up, the `v_proj` rows before `o_proj`, the `up_proj` rows before `down_proj`).
-   Off by default: it made the agreement worse on the real model once the inputs are rotated.
+   Off by default (docs/performance.md has why: measured on the real model with rotated inputs).
 
 A module swap (as gpt-fast's): each linear layer of a product is replaced by an `Int8Linear`, or, for the layers that
 share one product (q/k/v, gate/up), by an `Int8Part` of it; the model calls `q_proj`, `k_proj` and `v_proj` as it

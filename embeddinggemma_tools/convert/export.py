@@ -101,9 +101,8 @@ ONNX_ATOL = 1e-5  # float32 graph vs our float32 model, per embedding component
 # The int8 variant: every product's weight in 8 bits in blocks of 32 along its input (onnxruntime's MatMulNBits,
 # symmetric), with activations quantized per block of each token's row at run time (accuracy_level 4), and the
 # token-embedding table int8 per row (Gather, onnxruntime's dynamic quantization). Per token, so a text's result does
-# not depend on what it is batched with. The earlier scheme (quantize_dynamic: one activation scale per tensor, i.e.
-# per padded batch, with down_proj/o_proj/v_proj kept float32) gave min cosine 0.9958 on texts batched by 16 but 0.8996
-# on the converter's padded batch with one long text; this one 0.9998 / 0.9994, 339 MB (docs/conversion.md).
+# not depend on what it is batched with (docs/conversion.md has its agreement and size against the earlier
+# per-tensor scheme, whose padded batches it fixed).
 ONNX_INT8_BITS = {"bits": 8, "block_size": 32, "is_symmetric": True, "accuracy_level": 4}
 # The floor below which the int8 variant is refused: minimum cosine against our float32 model per text.
 ONNX_INT8_MIN_COSINE = 0.99
