@@ -44,6 +44,7 @@ from transformers.utils import ModelOutput, logging
 
 
 try:  # modules of a package (the Hub's remote code, or an installed copy); `save_pretrained` copies each of them
+    from .calibration_embeddinggemma import CALIBRATION_TEXTS  # noqa: F401  (transformers 4.x copies direct imports only)
     from .configuration_embeddinggemma import EmbeddingGemmaConfig, within_window
     from .encoding_embeddinggemma import EmbeddingGemmaEncodeMixin
     from .packed_embeddinggemma import PackedAttentionMask, PackedBatch, packed_attention_forward
