@@ -110,9 +110,10 @@ class EmbeddingGemmaRMSNorm(nn.Module):
     """Gemma RMSNorm: zero-centred weight used as (1 + w), computed in float32. With `residual`, returns
     `residual + norm(x)`: the post-norms of a layer add their output to the residual stream here.
 
-    In eager inference (`eager_inference()`: autograd off, not traced) the same values come from one reduction and one
-    multiply, and the sum is written into `residual`, in place (as text-embeddings-inference's Gemma 3 norm takes the
-    residual in and out); in bfloat16 the norm is computed on a float32 copy and rounded once, as below."""
+    In eager inference (`eager_inference`: eval mode, autograd off, not traced) the same values come from one
+    reduction and one multiply, and the sum is written into `residual`, in place (as text-embeddings-inference's
+    Gemma 3 norm takes the residual in and out); in bfloat16 the norm is computed on a float32 copy and rounded once,
+    as below."""
 
     def __init__(self, dim: int, eps: float = 1e-6):
         super().__init__()
@@ -120,7 +121,7 @@ class EmbeddingGemmaRMSNorm(nn.Module):
         self.weight = nn.Parameter(torch.zeros(dim))
 
     def forward(self, x: torch.Tensor, residual: torch.Tensor | None = None) -> torch.Tensor:
-        if x.dtype in (torch.float32, torch.bfloat16) and eager_inference():
+        if x.dtype in (torch.float32, torch.bfloat16) and eager_inference(self):
             return self._in_place(x, residual)
         output = x.float()
         output = output * torch.rsqrt(output.pow(2).mean(-1, keepdim=True) + self.eps)
@@ -170,11 +171,11 @@ def rotate_half(x: torch.Tensor) -> torch.Tensor:
     return torch.cat((-x2, x1), dim=-1)
 
 
-def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """RoPE on x (..., L, heads, head_dim) with cos/sin (..., L, head_dim). In eager inference in three passes
-    instead of five: x * cos, then each half gains -x2 * sin or x1 * sin in place (no rotated copy, no negation)."""
+def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, in_place: bool = False) -> torch.Tensor:
+    """RoPE on x (..., L, heads, head_dim) with cos/sin (..., L, head_dim). `in_place` (eager inference): in three
+    passes instead of five, x * cos, then each half gains -x2 * sin or x1 * sin in place (no rotated copy)."""
     cos, sin = cos.unsqueeze(-2), sin.unsqueeze(-2)  # broadcast over heads
-    if not eager_inference():
+    if not in_place:
         return (x * cos) + (rotate_half(x) * sin)
     half = x.shape[-1] // 2
     sin = sin[..., :half]  # both halves of the table are equal
@@ -249,7 +250,7 @@ class EmbeddingGemmaLinear(nn.Linear):
             x.device.type == "cpu"
             and x.dtype == weight.dtype
             and x.dtype in (torch.float32, torch.bfloat16)
-            and eager_inference()
+            and eager_inference(self)
             and EmbeddingGemmaLinear.onednn is not False
         ):
             return self._onednn_forward(x)
@@ -289,7 +290,7 @@ class EmbeddingGemmaMLP(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         activated, up = self.act_fn(self.gate_proj(x)), self.up_proj(x)
         # in eager inference the product goes into the activation's buffer
-        return self.down_proj(activated.mul_(up) if eager_inference() else activated * up)
+        return self.down_proj(activated.mul_(up) if eager_inference(self) else activated * up)
 
 
 def repeat_kv(hidden_states: torch.Tensor, n_rep: int) -> torch.Tensor:
@@ -369,7 +370,11 @@ class EmbeddingGemmaAttention(nn.Module):
         value = self.v_proj(hidden_states).view(hidden_shape)  # (B, L, n_kv, hd)
         if self.config.use_qk_norm:
             query, key = self.q_norm(query), self.k_norm(key)
-        query, key = apply_rotary(query, *position_embeddings), apply_rotary(key, *position_embeddings)
+        in_place = eager_inference(self)
+        query, key = (
+            apply_rotary(query, *position_embeddings, in_place),
+            apply_rotary(key, *position_embeddings, in_place),
+        )
         query, key, value = query.transpose(1, 2), key.transpose(1, 2), value.transpose(1, 2)  # (B, heads, L, hd)
 
         if implementation == "packed":
@@ -439,12 +444,15 @@ def is_traced() -> bool:
     return _is_fx_symbolic_tracing() or torch.onnx.is_in_onnx_export()
 
 
-def eager_inference() -> bool:
-    """Autograd off and nothing traced, exported or compiled: where the layers may work in place and on oneDNN's
-    packed weights. Checked by each norm, linear and rotary call, so it is cheap (~0.5 us): torch.onnx's TorchScript
-    export is a jit trace, and its dynamo export an export, which the first checks already see."""
+def eager_inference(module: nn.Module) -> bool:
+    """`module` in eval mode, autograd off and nothing traced, exported or compiled: where the layers may work in place
+    and on oneDNN's packed weights. Eval mode too, because reentrant gradient checkpointing runs a training forward
+    without autograd (transformers 4.x's default), whose inputs must not change. Checked by each norm, linear and
+    rotary call, so it is cheap (~0.5 us): torch.onnx's TorchScript export is a jit trace, and its dynamo export an
+    export, which the first checks already see."""
     return not (
-        torch.is_grad_enabled()
+        module.training
+        or torch.is_grad_enabled()
         or torch.jit.is_tracing()
         or torch.compiler.is_compiling()
         or _is_exporting()
@@ -849,7 +857,7 @@ class EmbeddingGemmaTextModel(EmbeddingGemmaPreTrainedModel):
         if inputs_embeds is None:
             hidden_states = self.embed_tokens(input_ids)
         else:  # a copy when the layers work in place: the caller's tensor stays as it was
-            hidden_states = inputs_embeds.clone() if eager_inference() else inputs_embeds
+            hidden_states = inputs_embeds.clone() if eager_inference(self) else inputs_embeds
 
         # Masks and rotary tables are built once per forward and layer type.
         windows = {
@@ -862,7 +870,7 @@ class EmbeddingGemmaTextModel(EmbeddingGemmaPreTrainedModel):
         all_attentions = () if output_attentions else None
         for layer in self.layers:
             if output_hidden_states:  # a copy when the next layer adds to it in place
-                all_hidden_states += (hidden_states.clone() if eager_inference() else hidden_states,)
+                all_hidden_states += (hidden_states.clone() if eager_inference(self) else hidden_states,)
             hidden_states, attn_weights = layer(
                 hidden_states,
                 position_embeddings=position_embeddings[layer.attention_type],
