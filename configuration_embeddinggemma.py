@@ -5,7 +5,6 @@ One config holds everything the reference spreads over `config.json`, `1_Pooling
 `config_sentence_transformers.json` of google/embeddinggemma-300m, so that a single folder describes the model.
 """
 
-import torch
 from transformers import PretrainedConfig
 
 
@@ -73,12 +72,11 @@ MODEL_TYPES = (MODEL_TYPE, NATIVE_MODEL_TYPE)
 SLIDING_WINDOW_CONVENTIONS = ("embeddinggemma", "t5gemma2", "t5gemma")
 
 
-def within_window(distance, window: tuple[int, int] | None):
+def within_window(distance, window: tuple[int, int]):
     """The window rule, written once: key j is visible from query i iff `-left <= j - i <= right` for the (left,
-    right) of `EmbeddingGemmaConfig.attention_window`, or always without a window. `distance` is j - i: an int, or a
-    tensor of them (every mask of the model is built from this: boolean, flex_attention's and the packed layout's)."""
-    if window is None:
-        return torch.ones_like(distance, dtype=torch.bool) if isinstance(distance, torch.Tensor) else True
+    right) of `EmbeddingGemmaConfig.attention_window`. `distance` is j - i: an int, or a tensor of them (every mask of
+    the model is built from this: boolean, flex_attention's and the packed layout's; layers without a window build
+    no window mask)."""
     return (distance >= -window[0]) & (distance <= window[1])
 
 

@@ -1076,12 +1076,11 @@ def evaluate_model(model, pairs: list[tuple[str, str, float]], prompt_name: str 
     vectors = dict(
         zip(texts, model.encode(texts, prompt_name=prompt_name, batch_size=batch_size, convert_to_numpy=True))
     )
-    full = model.get_sentence_embedding_dimension()
-    config = getattr(getattr(model[0], "auto_model", None), "config", None)
-    dims = list(getattr(config, "matryoshka_dims", None) or [full] + [d for d in (512, 256, 128) if d < full])
+    from embeddinggemma_tools.retrieval import matryoshka_dims
+
     scores = np.array([s for _, _, s in pairs])
     results = {}
-    for dim in dims:
+    for dim in matryoshka_dims(model):
         a = np.stack([vectors[x][:dim] for x, _, _ in pairs])
         b = np.stack([vectors[y][:dim] for _, y, _ in pairs])
         cosine = (a * b).sum(-1) / (np.linalg.norm(a, axis=-1) * np.linalg.norm(b, axis=-1))

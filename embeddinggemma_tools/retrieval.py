@@ -149,6 +149,14 @@ def retrieval_metrics(scores: np.ndarray, query_ids: list[str], corpus_ids: list
     return {name: 100 * total / len(query_ids) for name, total in totals.items()}
 
 
+def matryoshka_dims(model) -> list[int]:
+    """The dims a loaded SentenceTransformer is evaluated at: its config's `matryoshka_dims` (our folders), else its
+    full dim and EmbeddingGemma's 512/256/128 below it."""
+    config = getattr(getattr(model[0], "auto_model", None), "config", None)
+    full = model.get_sentence_embedding_dimension()
+    return list(getattr(config, "matryoshka_dims", None) or [full] + [d for d in (512, 256, 128) if d < full])
+
+
 def document_prompt(model, title: str, prompt_name: str | None) -> str:
     """The prompt of a document with `title`: EmbeddingGemma's `title: {title} | text: ` when the model's config has
     that template, else the named prompt as it is."""
@@ -181,11 +189,8 @@ def evaluate_retrieval(
         batch_size=batch_size,
         convert_to_numpy=True,
     )
-    full = queries.shape[1]
-    config = getattr(getattr(model[0], "auto_model", None), "config", None)
-    dims = list(getattr(config, "matryoshka_dims", None) or [full] + [d for d in (512, 256, 128) if d < full])
     results = {}
-    for dim in dims:
+    for dim in matryoshka_dims(model):
         q = queries[:, :dim] / np.linalg.norm(queries[:, :dim], axis=1, keepdims=True)
         d = documents[:, :dim] / np.linalg.norm(documents[:, :dim], axis=1, keepdims=True)
         results[dim] = retrieval_metrics(q @ d.T, query_ids, corpus_ids, dataset.qrels)

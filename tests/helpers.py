@@ -16,6 +16,14 @@ from testing_embeddinggemma import randomize_, tiny_config
 ATOL = 1e-5  # float32: max abs difference of embeddings and hidden states between two implementations
 BF16_ATOL = 2e-2  # bfloat16 sentence embeddings: two paths round differently (3 significant digits)
 
+
+def count_calls(monkeypatch, module, name: str) -> list:
+    """Replaces `module.name` by a wrapper that records each call in the returned list, then calls the original."""
+    calls, original = [], getattr(module, name)
+    monkeypatch.setattr(module, name, lambda *a, **k: calls.append(1) or original(*a, **k))
+    return calls
+
+
 LENGTHS = [16, 9, 3, 12]  # right-padded to 16: longer than the tiny model's +-2 window, with much padding
 
 

@@ -11,7 +11,7 @@ import torch
 
 import modeling_embeddinggemma
 import packed_embeddinggemma
-from helpers import ATOL, BF16_ATOL, make_batch, tiny_model
+from helpers import ATOL, BF16_ATOL, count_calls, make_batch, tiny_model
 from modeling_embeddinggemma import EmbeddingGemmaLinear
 from packed_embeddinggemma import PackedBatch
 
@@ -88,11 +88,7 @@ def test_packed_path_with_inputs_embeds_leaves_them_untouched():
 
 def test_packed_path_runs_only_where_it_applies(monkeypatch):
     model = tiny_model()
-    calls = []
-    original = modeling_embeddinggemma.packed_attention_forward
-    monkeypatch.setattr(
-        modeling_embeddinggemma, "packed_attention_forward", lambda *a, **k: calls.append(1) or original(*a, **k)
-    )
+    calls = count_calls(monkeypatch, modeling_embeddinggemma, "packed_attention_forward")
     input_ids, attention_mask = make_batch()
     layers = model.config.num_hidden_layers
     with torch.no_grad():

@@ -18,7 +18,7 @@ from transformers import AutoModel
 
 import modeling_embeddinggemma
 from conftest import REPO, slow
-from helpers import ATOL, make_batch, tiny_model
+from helpers import ATOL, count_calls, make_batch, tiny_model
 
 
 IMPLEMENTATIONS = ["eager", "sdpa", "flex_attention"]
@@ -119,11 +119,7 @@ def test_eager_sdpa_and_flex_agree_on_both_paths(fast):
 
 def test_set_attn_implementation_really_switches(monkeypatch):
     model = tiny_model()
-    calls = []
-    original = modeling_embeddinggemma.eager_attention_forward
-    monkeypatch.setattr(
-        modeling_embeddinggemma, "eager_attention_forward", lambda *a, **k: calls.append(1) or original(*a, **k)
-    )
+    calls = count_calls(monkeypatch, modeling_embeddinggemma, "eager_attention_forward")
     ids, mask = make_batch()
     with torch.no_grad():
         model(input_ids=ids, attention_mask=mask)
