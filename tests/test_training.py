@@ -58,7 +58,7 @@ def test_gathered_negatives_in_two_gloo_processes_match_one_process(tmp_path):
     script = tmp_path / "ddp_loss.py"
     script.write_text(
         textwrap.dedent(f"""
-        import sys, torch, torch.distributed as dist
+        import os, sys, torch, torch.distributed as dist
         sys.path.insert(0, {str(REPO)!r}); sys.path.insert(0, {str(REPO / "tests")!r})
         import train_embeddinggemma as te
         from test_training import fixed_embeddings
@@ -70,8 +70,12 @@ def test_gathered_negatives_in_two_gloo_processes_match_one_process(tmp_path):
         local = loss.compute_loss_from_embeddings([e[half] for e in embeddings], None).detach()
         dist.all_reduce(local)
         if rank == 0:
-            print("gathered", (local / world).item())
+            print("gathered", (local / world).item(), flush=True)
+        dist.barrier()
         dist.destroy_process_group()
+        # torch 2.13's gloo sometimes aborts in a C++ destructor at interpreter exit, after all of the above
+        # ("terminate called without an active exception"): the numbers are out, so leave without the teardown
+        os._exit(0)
     """)
     )
     result = subprocess.run(
