@@ -47,14 +47,14 @@ try:  # modules of a package (the Hub's remote code, or an installed copy); `sav
     from .calibration_embeddinggemma import CALIBRATION_TEXTS  # noqa: F401  (transformers 4.x copies direct imports only)
     from .configuration_embeddinggemma import EmbeddingGemmaConfig, within_window
     from .encoding_embeddinggemma import EmbeddingGemmaEncodeMixin
-    from .packed_embeddinggemma import PackedAttentionMask, PackedBatch, packed_attention_forward
+    from .packed_embeddinggemma import PackedAttentionMask, PackedBatch, packed_attention_forward, pool_packed
     from .pipeline_embeddinggemma import SentenceEmbeddingPipeline  # noqa: F401  (`config.custom_pipelines` names it)
     from .precision_embeddinggemma import PRECISIONS, cpu_has_native_bf16, fastest_precision, warn_if_slower
     from .quantization_embeddinggemma import INFERENCE_ONLY, Int8Linear, quantize_int8
 except ImportError:  # top-level modules (this repository on sys.path)
     from configuration_embeddinggemma import EmbeddingGemmaConfig, within_window
     from encoding_embeddinggemma import EmbeddingGemmaEncodeMixin
-    from packed_embeddinggemma import PackedAttentionMask, PackedBatch, packed_attention_forward
+    from packed_embeddinggemma import PackedAttentionMask, PackedBatch, packed_attention_forward, pool_packed
     from precision_embeddinggemma import PRECISIONS, cpu_has_native_bf16, fastest_precision, warn_if_slower
     from quantization_embeddinggemma import INFERENCE_ONLY, Int8Linear, quantize_int8
 
@@ -515,11 +515,14 @@ def attention_masks(implementation, padding_mask, position_ids, windows: dict, p
     return {layer_type: build(padding_mask, position_ids, window) for layer_type, window in windows.items()}
 
 
-def pool(hidden_states: torch.Tensor, padding_mask: torch.Tensor, mode: str = "mean") -> torch.Tensor:
-    """sentence-transformers' Pooling over real tokens, summed in float32: (B, L, H) -> (B, H).
+def pool(hidden_states: torch.Tensor, padding_mask, mode: str = "mean") -> torch.Tensor:
+    """sentence-transformers' Pooling over real tokens, summed in float32: (B, L, H) -> (B, H); or on the packed
+    layout's (1, T, H) when `padding_mask` is its `PackedBatch` (`pool_packed`).
 
     mean (EmbeddingGemma), mean_sqrt_len_tokens (sum / sqrt(count)), weightedmean (weights 1, 2, ... over the real
     tokens), max, cls (the first real token, <bos> here) and lasttoken (the last real token, <eos> here)."""
+    if isinstance(padding_mask, PackedBatch):
+        return pool_packed(hidden_states, padding_mask, mode)
     if mode in ("mean", "mean_sqrt_len_tokens", "weightedmean"):
         mask = padding_mask[..., None].to(hidden_states.dtype)  # (B, L, 1)
         counts = padding_mask.sum(dim=1, dtype=torch.float32)[:, None].clamp(min=1e-9)
@@ -771,9 +774,11 @@ class EmbeddingGemmaTextModel(EmbeddingGemmaPreTrainedModel):
         output_attentions: bool | None = None,
         return_dict: bool | None = None,
     ) -> BaseModelOutput:
-        output, _ = self.run_encoder(
+        output, layout = self.run_encoder(
             input_ids, attention_mask, position_ids, inputs_embeds, output_hidden_states, output_attentions
         )
+        if isinstance(layout, PackedBatch):
+            output.last_hidden_state = layout.unpack(output.last_hidden_state)
         return output if _return_dict(self.config, return_dict) else output.to_tuple()
 
     def select_path(self, position_ids=None, output_hidden_states=False, output_attentions=False) -> str:
@@ -810,8 +815,10 @@ class EmbeddingGemmaTextModel(EmbeddingGemmaPreTrainedModel):
         inputs_embeds=None,
         output_hidden_states=None,
         output_attentions=None,
-    ) -> tuple[BaseModelOutput, torch.Tensor]:
-        """The encoder on a padded batch, on the path `select_path` picks: (output, 2-D boolean padding mask)."""
+    ) -> tuple[BaseModelOutput, "torch.Tensor | PackedBatch"]:
+        """The encoder on a padded batch, on the path `select_path` picks: (output, layout). On the reference path the
+        layout is the 2-D boolean padding mask; on the packed path it is the `PackedBatch` and `last_hidden_state` is
+        the packed (1, T, hidden) (`pool` takes either; `PackedBatch.unpack` pads it)."""
         if output_hidden_states is None:
             output_hidden_states = getattr(self.config, "output_hidden_states", False)
         if output_attentions is None:
@@ -881,7 +888,7 @@ class EmbeddingGemmaTextModel(EmbeddingGemmaPreTrainedModel):
                 all_attentions += (attn_weights,)
         hidden_states = self.norm(hidden_states)
         if packed is not None:
-            return BaseModelOutput(last_hidden_state=packed.unpack(hidden_states)), padding_mask
+            return BaseModelOutput(last_hidden_state=hidden_states), packed
         if output_hidden_states:
             all_hidden_states += (hidden_states,)
         output = BaseModelOutput(
@@ -1165,10 +1172,12 @@ class EmbeddingGemmaModel(EmbeddingGemmaEncodeMixin, EmbeddingGemmaPreTrainedMod
         token_type_ids: torch.Tensor | None = None,  # some tokenizers return it; Gemma has one segment
     ) -> EmbeddingGemmaModelOutput:
         truncate_dim = self.check_truncate_dim(truncate_dim)
-        encoder_output, padding_mask = self.model.run_encoder(
+        encoder_output, layout = self.model.run_encoder(
             input_ids, attention_mask, position_ids, inputs_embeds, output_hidden_states, output_attentions
         )
-        embeddings = pool(encoder_output.last_hidden_state, padding_mask, self.config.pooling_mode)
+        embeddings = pool(encoder_output.last_hidden_state, layout, self.config.pooling_mode)
+        if isinstance(layout, PackedBatch):  # pooled from the packed tokens; padded for the output
+            encoder_output.last_hidden_state = layout.unpack(encoder_output.last_hidden_state)
         for dense in self.dense:
             embeddings = self.dense_act(dense(embeddings))  # (B, dense_out_features[i])
         embeddings = truncate_and_normalize(embeddings, truncate_dim, self.config.normalize_embeddings)

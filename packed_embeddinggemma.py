@@ -10,7 +10,10 @@ the `PackedBatch` of the forward with the layer type's window:
 - rows of equal length share one SDPA call; the query heads that share a key/value head are folded into the query
   length, so multi-query attention needs no repeated keys;
 - on texts longer than the window, sliding layers attend block by block to the band of keys the window keeps
-  (`band_blocks`); the window rule itself is `within_window`, written once in modeling_embeddinggemma.py.
+  (`band_blocks`); the window rule itself is `within_window`, written once in configuration_embeddinggemma.py.
+
+Pooling reads the packed tokens directly (`pool_packed`, as sentence-transformers v6's `Pooling._forward_flattened`):
+the padded (B, L, hidden) states are made only for a `last_hidden_state` that is returned.
 
 The packed layout's shapes depend on the data, so it never runs under trace, export or compile.
 """
@@ -39,6 +42,8 @@ class PackedBatch:
     length: int
     index: torch.Tensor | None  # (T,) flat positions of the real tokens in B * L; None when nothing is padding
     positions: torch.Tensor  # (T,) 0, 1, 2, ... within each row
+    sequence_ids: torch.Tensor  # (T,) the row each token belongs to
+    lengths: torch.Tensor  # (B,) real tokens per row (each >= 1: the model rejects all-padding rows)
     groups: list[tuple[int, int, int]]  # (first token, rows, tokens per row) for runs of rows of equal length
     masks: dict = field(default_factory=dict)  # window masks by geometry, shared by all layers of a forward
 
@@ -59,7 +64,7 @@ class PackedBatch:
             elif size:
                 groups.append((start, 1, size))
             start += size
-        return cls(batch, length, index, positions, groups)
+        return cls(batch, length, index, positions, sequence_ids, lengths, groups)
 
     def pack(self, padded: torch.Tensor) -> torch.Tensor:
         """(B, L, ...) -> (1, T, ...)"""
@@ -85,6 +90,30 @@ class PackedBatch:
             mask = torch.zeros(distance.shape, dtype=dtype, device=device)
             self.masks[geometry] = mask.masked_fill_(~within_window(distance, window), float("-inf"))
         return self.masks[geometry]
+
+
+def pool_packed(hidden_states: torch.Tensor, packed: PackedBatch, mode: str = "mean") -> torch.Tensor:
+    """`pool` (modeling_embeddinggemma.py) on packed tokens: (1, T, H) -> (B, H), the same reductions per row, sums
+    in float32."""
+    hidden = hidden_states[0]
+    rows = packed.sequence_ids
+    if mode in ("mean", "mean_sqrt_len_tokens", "weightedmean"):
+        values, counts = hidden.float(), packed.lengths.float()
+        if mode == "weightedmean":  # weights 1, 2, ... over each row's tokens
+            weights = packed.positions.float() + 1
+            values, counts = values * weights[:, None], counts * (counts + 1) / 2
+        summed = values.new_zeros(packed.batch, hidden.shape[-1]).index_add_(0, rows, values)
+        counts = counts[:, None]
+        return (summed / (counts.sqrt() if mode == "mean_sqrt_len_tokens" else counts)).to(hidden.dtype)
+    if mode == "max":
+        out = hidden.new_full((packed.batch, hidden.shape[-1]), float("-inf"))
+        return out.index_reduce_(0, rows, hidden, "amax")
+    starts = torch.cumsum(packed.lengths, 0) - packed.lengths
+    if mode == "cls":
+        return hidden[starts]
+    if mode == "lasttoken":
+        return hidden[starts + packed.lengths - 1]
+    raise ValueError(f"pooling_mode={mode!r} is not supported.")
 
 
 @dataclass

@@ -12,6 +12,7 @@ import torch
 import modeling_embeddinggemma
 import packed_embeddinggemma
 from helpers import ATOL, BF16_ATOL, count_calls, make_batch, tiny_model
+from configuration_embeddinggemma import POOLING_MODES
 from modeling_embeddinggemma import EmbeddingGemmaLinear
 from packed_embeddinggemma import PackedBatch
 
@@ -219,3 +220,31 @@ def test_inference_sees_weights_changed_through_data():
     reference = model(input_ids=input_ids, attention_mask=attention_mask).sentence_embedding  # autograd: plain products
     assert (after - before).abs().max() > 1e-3
     torch.testing.assert_close(after, reference.detach(), atol=ATOL, rtol=0)
+
+
+@pytest.mark.parametrize("mode", POOLING_MODES)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_pooling_packed_tokens_equals_pooling_the_padded_batch(mode, dtype):
+    """Pooling reads the packed tokens directly (no padded copy): each mode gives what it gives on the padded batch
+    (left and right padding, rows of equal and of different lengths)."""
+    mask = torch.tensor([[1, 1, 1, 0, 0], [0, 1, 1, 1, 1], [1, 1, 1, 1, 1], [1, 0, 0, 0, 0], [1, 1, 1, 0, 0]]).bool()
+    packed = PackedBatch.from_padding_mask(mask)
+    hidden = packed.pack(torch.randn(5, 5, 8, generator=torch.Generator().manual_seed(0)).to(dtype))
+    expected = modeling_embeddinggemma.pool(packed.unpack(hidden), mask, mode)
+    pooled = modeling_embeddinggemma.pool(hidden, packed, mode)
+    assert pooled.dtype == dtype
+    torch.testing.assert_close(pooled, expected, atol=1e-6 if dtype == torch.float32 else 0, rtol=0)
+
+
+def test_model_pools_the_packed_tokens(monkeypatch):
+    model = tiny_model()
+    input_ids, attention_mask = make_batch()
+    calls = count_calls(monkeypatch, modeling_embeddinggemma, "pool_packed")
+    fast, reference = both_paths(model, input_ids=input_ids, attention_mask=attention_mask)
+    assert len(calls) == 1  # the packed forward only
+    torch.testing.assert_close(fast.sentence_embedding, reference.sentence_embedding, atol=ATOL, rtol=0)
+    real = attention_mask[..., None].bool()
+    assert fast.last_hidden_state.shape == reference.last_hidden_state.shape  # padded for the output
+    torch.testing.assert_close(
+        fast.last_hidden_state * real, reference.last_hidden_state * real, atol=ATOL, rtol=0
+    )
