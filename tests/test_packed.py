@@ -11,8 +11,8 @@ import torch
 
 import modeling_embeddinggemma
 import packed_embeddinggemma
-from helpers import ATOL, BF16_ATOL, count_calls, make_batch, tiny_model
 from configuration_embeddinggemma import POOLING_MODES
+from helpers import ATOL, BF16_ATOL, count_calls, make_batch, tiny_model
 from modeling_embeddinggemma import EmbeddingGemmaLinear
 from packed_embeddinggemma import PackedBatch
 
@@ -245,6 +245,4 @@ def test_model_pools_the_packed_tokens(monkeypatch):
     torch.testing.assert_close(fast.sentence_embedding, reference.sentence_embedding, atol=ATOL, rtol=0)
     real = attention_mask[..., None].bool()
     assert fast.last_hidden_state.shape == reference.last_hidden_state.shape  # padded for the output
-    torch.testing.assert_close(
-        fast.last_hidden_state * real, reference.last_hidden_state * real, atol=ATOL, rtol=0
-    )
+    torch.testing.assert_close(fast.last_hidden_state * real, reference.last_hidden_state * real, atol=ATOL, rtol=0)
