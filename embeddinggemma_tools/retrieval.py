@@ -153,7 +153,8 @@ def matryoshka_dims(model) -> list[int]:
     """The dims a loaded SentenceTransformer is evaluated at: its config's `matryoshka_dims` (our folders), else its
     full dim and EmbeddingGemma's 512/256/128 below it."""
     config = getattr(getattr(model[0], "auto_model", None), "config", None)
-    full = model.get_sentence_embedding_dimension()
+    # sentence-transformers >= 6 renamed get_sentence_embedding_dimension (the old name warns); 5.x has the old only
+    full = (getattr(model, "get_embedding_dimension", None) or model.get_sentence_embedding_dimension)()
     return list(getattr(config, "matryoshka_dims", None) or [full] + [d for d in (512, 256, 128) if d < full])
 
 
