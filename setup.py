@@ -79,8 +79,8 @@ setup(
     entry_points={
         "console_scripts": [
             "embeddinggemma-convert=convert_checkpoint:main",
-            "embeddinggemma-embed-corpus=embed_corpus:main",
-            "embeddinggemma-train=train_embeddinggemma:main",
+            "embeddinggemma-embed-corpus=embeddinggemma_tools.corpus:main",
+            "embeddinggemma-train=embeddinggemma_tools.train:main",
         ]
     },
 )

@@ -6,5 +6,10 @@ nothing from here.
 - `files`: atomic writes (files and folders), the lock of an output folder, process liveness, file and folder
   fingerprints;
 - `convert`: the converter's stages (sources, build, targets with writer and verifier side by side, model card,
-  hub); `convert_checkpoint.py` at the top level is its entry point.
+  hub); `convert_checkpoint.py` at the top level is its entry point;
+- `train`: the training recipe (options, data, teacher cache, head fit, losses, budget, evaluation, souping);
+  `train_embeddinggemma.py` at the top level is its entry point;
+- `corpus`: resumable, exactly-once corpus embedding into Parquet (locally or with Ray Data); `embed_corpus.py` at
+  the top level is its entry point;
+- `retrieval`: retrieval evaluation on BEIR-layout folders.
 """
