@@ -349,6 +349,7 @@ def test_max_minutes_stops_on_time_with_a_checkpoint_a_model_and_a_curve(student
         tmp_path / "sts-test.csv", [(f"a man is {a}", f"a man was {a}", float(i)) for i, a in enumerate(ACTIONS)]
     )
     rows = TOY_ROWS + [{"anchor": "a man is playing guitar"}]  # a held-out text: its row is dropped
+    peak_before = te.peak_rss_gb()
     final = te.train(
         str(student),
         str(tmp_path / "run"),
@@ -373,7 +374,8 @@ def test_max_minutes_stops_on_time_with_a_checkpoint_a_model_and_a_curve(student
     assert summary["options"]["fit_head"] == 16 and summary["options"]["held_out"] == [str(sts)]
     assert summary["options"]["seed"] == 0 and summary["options"]["warmup"] == 0.1
     assert summary["resolved"]["bf16_chosen_by"] and summary["teacher"] == str(tiny_converted_dir)
-    assert 0 < summary["this_run"]["peak_rss_gb"] < 8  # the process's peak resident memory
+    # the process's peak resident memory, in GB: here pytest's process, so whatever earlier tests loaded counts too
+    assert 0.05 < peak_before <= summary["this_run"]["peak_rss_gb"] <= te.peak_rss_gb()
     # on time: no step starts once the 9 s are spent, and the run does not stop before
     # (the budget is checked at each step's end; the next step's start is recorded a moment later)
     assert summary["budget_seconds"] == 9.0 <= summary["training_seconds"]
