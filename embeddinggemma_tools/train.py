@@ -185,36 +185,82 @@ class LengthGroupedBatchSampler:
     """Batches of texts of similar length, none repeating a text: each epoch shuffles the rows, sorts every run of
     `group` batches' worth by length, cuts it into batches of distinct texts and shuffles the batches. Padding then
     costs a fraction of what random batches pay (STS-B/SICK sentences: ~50% of the tokens of a random batch of 32
-    are padding). A `batch_sampler` for `SentenceTransformerTrainingArguments`."""
+    are padding). A `batch_sampler` for `SentenceTransformerTrainingArguments`.
 
-    def __init__(self, dataset, batch_size, drop_last=True, valid_label_columns=None, generator=None, seed=0, group=16):
+    With `max_tokens` (and a `tokenizer` to count them, prompts in; `TokenBudget` passes them), a batch also stops
+    before its padded size (rows x the longest row's tokens, all columns) passes that many tokens, so a run of long
+    texts trains in smaller batches instead of holding activations for batch_size x 2048 tokens (the activations of
+    one training step grow with its padded tokens). A row longer than the budget trains alone."""
+
+    def __init__(
+        self,
+        dataset,
+        batch_size,
+        drop_last=True,
+        valid_label_columns=None,
+        generator=None,
+        seed=0,
+        group=16,
+        tokenizer=None,
+        max_tokens: int | None = None,
+        prompts: dict | None = None,
+        max_length: int | None = None,
+    ):
         columns = [c for c in TEXT_COLUMNS if c in dataset.column_names]
         self.texts = [tuple(row[c] for c in columns) for row in dataset.select_columns(columns)]
-        self.lengths = [sum(len(text) for text in texts) for texts in self.texts]
+        self.max_tokens = max_tokens if tokenizer is not None else None
+        if self.max_tokens is not None:
+            prompts, limit = prompts or {}, max_length or 10**9
+            counts = [
+                tokenizer([prompts.get(c, "") + texts[k] for texts in self.texts])["input_ids"]
+                for k, c in enumerate(columns)
+            ]
+            self.lengths = [sum(min(len(ids[i]), limit) for ids in counts) for i in range(len(self.texts))]
+        else:
+            self.lengths = [sum(len(text) for text in texts) for texts in self.texts]
         self.batch_size, self.drop_last, self.seed, self.group, self.epoch = batch_size, drop_last, seed, group, 0
+        self._sizes = {}
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
 
     def __len__(self) -> int:
-        return len(self.texts) // self.batch_size if self.drop_last else -(-len(self.texts) // self.batch_size)
+        if self.max_tokens is None:
+            return len(self.texts) // self.batch_size if self.drop_last else -(-len(self.texts) // self.batch_size)
+        if self.epoch not in self._sizes:  # the budget splits long runs: count this epoch's batches
+            self._sizes[self.epoch] = len(self._batches())
+        return self._sizes[self.epoch]
 
     def __iter__(self):
+        yield from self._batches()
+
+    def _fits(self, batch: list, index: int) -> bool:
+        if self.max_tokens is None or not batch:
+            return True
+        longest = max(self.lengths[index], max(self.lengths[i] for i in batch))
+        return (len(batch) + 1) * longest <= self.max_tokens
+
+    def _batches(self) -> list:
         rng = np.random.default_rng([self.seed, self.epoch])
         order, batches, carried = rng.permutation(len(self.texts)).tolist(), [], []
         chunk = self.batch_size * self.group
         for start in range(0, len(order), chunk):
             pending = sorted(carried + order[start : start + chunk], key=self.lengths.__getitem__)
             while True:
-                batch, seen, rest = [], set(), []
+                batch, seen, rest, full = [], set(), [], False
                 for index in pending:
                     texts = set(self.texts[index])
-                    if len(batch) < self.batch_size and not texts & seen:
+                    if full or len(batch) >= self.batch_size:
+                        rest.append(index)
+                    elif not self._fits(batch, index):
+                        full = True  # sorted by length: the rest are longer still
+                        rest.append(index)
+                    elif texts & seen:
+                        rest.append(index)
+                    else:
                         batch.append(index)
                         seen |= texts
-                    else:
-                        rest.append(index)
-                if len(batch) < self.batch_size:
+                if len(batch) < self.batch_size and not full:
                     carried = pending
                     break
                 batches.append(batch)
@@ -222,7 +268,26 @@ class LengthGroupedBatchSampler:
         if carried and not self.drop_last:
             batches.append(carried[: self.batch_size])
         rng.shuffle(batches)
-        yield from batches
+        return batches
+
+
+class TokenBudget:
+    """The `batch_sampler` of a run with `--max-batch-tokens`: makes `LengthGroupedBatchSampler`s that count tokens
+    with the student's tokenizer. Picklable (the trainer saves its arguments, this among them, with every checkpoint):
+    the tokenizer is left out of the pickle, the budget kept."""
+
+    def __init__(self, tokenizer, max_tokens: int, prompts: dict | None = None, max_length: int | None = None):
+        self.tokenizer, self.max_tokens, self.prompts, self.max_length = tokenizer, max_tokens, prompts, max_length
+
+    def __call__(self, dataset, **kwargs) -> LengthGroupedBatchSampler:
+        budget = {"max_tokens": self.max_tokens, "prompts": self.prompts, "max_length": self.max_length}
+        return LengthGroupedBatchSampler(dataset, tokenizer=self.tokenizer, **budget, **kwargs)
+
+    def __getstate__(self) -> dict:
+        return {**self.__dict__, "tokenizer": None}
+
+    def __repr__(self) -> str:
+        return f"TokenBudget(max_tokens={self.max_tokens})"
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -481,6 +546,9 @@ def check_resume_arguments(output: Path, arguments: dict, resuming: bool) -> Non
         for old_name, (name, value) in RENAMED_OPTIONS.items():
             if old_name in before:
                 before[name] = value(before.pop(old_name))
+        for name, value in ADDED_OPTIONS.items():
+            if name in recorded:
+                before.setdefault(name, value)
         changed = {
             key: (before.get(key), recorded.get(key))
             for key in sorted(set(before) | set(recorded))
@@ -693,6 +761,12 @@ class TrainingOptions:
     group_by_length: bool = option(
         True, "batches of similar length, no text repeated in a batch (off: random no-duplicate batches)", **BOOLEAN
     )
+    max_batch_tokens: int | None = option(
+        2048,
+        "with length grouping, a batch stops before its padded tokens (rows x longest row, prompts in) pass this, so "
+        "long texts train in smaller batches and memory stays bounded ('0': no limit)",
+        type=int,
+    )
     save_steps: int = option(50, "checkpoint every N steps (and when the budget ends)", type=int)
     logging_steps: int = option(10, "log the loss every N steps", type=int)
     resume: bool = option(False, "continue from the last checkpoint in OUTPUT_DIR", action="store_true")
@@ -705,6 +779,8 @@ class TrainingOptions:
                 setattr(self, name, None)
         if self.max_minutes is not None and self.max_minutes <= 0:
             raise ValueError(f"--max-minutes {self.max_minutes}: expected a positive number of training minutes.")
+        if self.max_batch_tokens is not None and self.max_batch_tokens < 0:
+            raise ValueError(f"--max-batch-tokens {self.max_batch_tokens}: expected a number of tokens, or 0 for none.")
 
     @classmethod
     def add_arguments(cls, parser: argparse.ArgumentParser) -> None:
@@ -727,6 +803,8 @@ RENAMED_OPTIONS = {
     "freeze_embeddings": ("train_embeddings", lambda frozen: not frozen),
     "fit_head_texts": ("fit_head", lambda texts: texts),
 }
+# Options that earlier releases did not record, with the value that gives what those releases did.
+ADDED_OPTIONS = {"max_batch_tokens": 0}
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -900,7 +978,7 @@ def recipe_trainer(model, config, train_dataset, prompts, output: Path, clock, b
         data_seed=options.seed,
         dataloader_drop_last=True,
         prompts=prompts,
-        batch_sampler=LengthGroupedBatchSampler if options.group_by_length else "no_duplicates",
+        batch_sampler=batch_sampler(model, prompts, options),
         use_cpu=not torch.cuda.is_available(),
     )
     weights = {"nce_weight": options.nce_weight, "gor_weight": options.gor_weight}
@@ -917,6 +995,16 @@ def recipe_trainer(model, config, train_dataset, prompts, output: Path, clock, b
     return RecipeTrainer(
         model=model, args=args, train_dataset=train_dataset, loss=loss, callbacks=[callback], clock=clock, warmup=warmup
     )
+
+
+def batch_sampler(model, prompts: dict, options: TrainingOptions):
+    """The trainer's batch sampler: length-grouped (with the token budget when set), or sentence-transformers'
+    random no-duplicate batches."""
+    if not options.group_by_length:
+        return "no_duplicates"
+    if not options.max_batch_tokens:
+        return LengthGroupedBatchSampler
+    return TokenBudget(model.tokenizer, options.max_batch_tokens, dict(prompts), getattr(model, "max_seq_length", None))
 
 
 def peak_rss_gb() -> float:

@@ -5,6 +5,7 @@ evaluation prints one Spearman per Matryoshka dim."""
 import argparse
 import dataclasses
 import json
+import pickle
 import shutil
 import subprocess
 import sys
@@ -309,6 +310,40 @@ def test_length_grouped_batches_are_full_distinct_and_of_similar_length():
     assert list(sampler) != batches
 
 
+def test_token_budget_splits_long_runs_and_keeps_short_batches_full():
+    from datasets import Dataset
+
+    class Words:  # a tokenizer of words, with <bos> and <eos>
+        def __call__(self, texts):
+            return {"input_ids": [[0] + [1] * len(text.split()) + [2] for text in texts]}
+
+    rng = np.random.default_rng(0)
+    lengths = np.concatenate([rng.integers(3, 10, size=256), rng.integers(100, 300, size=64)])
+    texts = [" ".join(["w"] * int(n)) + f" {i}" for i, n in enumerate(rng.permutation(lengths))]
+    rows = Dataset.from_dict({"anchor": texts})
+    budget = 512
+    factory = te.TokenBudget(Words(), budget, {"anchor": "task: x | "})
+    sampler = factory(rows, batch_size=16, seed=1, group=4)
+    assert pickle.loads(pickle.dumps(factory)).max_tokens == budget  # the trainer pickles it with its arguments
+    assert sampler.lengths[0] == len(texts[0].split()) + 2 + 3  # the prompt's words and <bos>/<eos> count
+    batches = list(sampler)
+    assert len(batches) == len(sampler)
+    padded = [len(b) * max(sampler.lengths[i] for i in b) for b in batches]
+    assert all(p <= budget or len(b) == 1 for p, b in zip(padded, batches)), max(padded)
+    long = [b for b in batches if min(sampler.lengths[i] for i in b) > 100]
+    assert long and all(len(b) < 16 for b in long)  # long texts train in smaller batches
+    short = [b for b in batches if max(sampler.lengths[i] for i in b) < 20]
+    # short ones are not cut (but for the last of a sorted run, which the run's long texts end: one per run)
+    assert len(short) > 10 and sum(len(b) < 16 for b in short) <= -(-len(texts) // (16 * 4))
+    flat = [i for b in batches for i in b]
+    assert len(flat) == len(set(flat)) and len(flat) > 0.9 * len(texts)
+    unbounded = te.LengthGroupedBatchSampler(rows, batch_size=16, seed=1, group=4)
+    assert max(len(b) * max(unbounded.lengths[i] for i in b) for b in unbounded) > 16 * 100
+    assert te.TrainingOptions().max_batch_tokens == 2048
+    with pytest.raises(ValueError, match="--max-batch-tokens -1"):
+        te.TrainingOptions(max_batch_tokens=-1)
+
+
 def test_fit_head_is_the_least_squares_map(student, tmp_path):
     from sentence_transformers import SentenceTransformer
 
@@ -562,3 +597,8 @@ def test_options_are_named_once_for_train_the_command_line_and_resume(tmp_path):
     (tmp_path / "run_arguments.json").write_text(json.dumps({"freeze_embeddings": True, "fit_head_texts": 16}))
     with pytest.raises(ValueError, match=r"train_embeddings: False -> True"):
         te.check_resume_arguments(tmp_path, {"train_embeddings": True, "fit_head": 16}, resuming=True)
+    # a run recorded before the token budget had none: it resumes with --max-batch-tokens 0, not with a budget
+    (tmp_path / "run_arguments.json").write_text(json.dumps({"fit_head": 16}))
+    with pytest.raises(ValueError, match=r"max_batch_tokens: 0 -> 2048"):
+        te.check_resume_arguments(tmp_path, {"fit_head": 16, "max_batch_tokens": 2048}, resuming=True)
+    te.check_resume_arguments(tmp_path, {"fit_head": 16, "max_batch_tokens": 0}, resuming=True)
