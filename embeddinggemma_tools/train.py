@@ -219,7 +219,7 @@ class LengthGroupedBatchSampler:
         else:
             self.lengths = [sum(len(text) for text in texts) for texts in self.texts]
         self.batch_size, self.drop_last, self.seed, self.group, self.epoch = batch_size, drop_last, seed, group, 0
-        self._sizes = {}
+        self._built = (None, [])  # (epoch, its batches): __len__ and __iter__ of one epoch share them
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
@@ -227,20 +227,21 @@ class LengthGroupedBatchSampler:
     def __len__(self) -> int:
         if self.max_tokens is None:
             return len(self.texts) // self.batch_size if self.drop_last else -(-len(self.texts) // self.batch_size)
-        if self.epoch not in self._sizes:  # the budget splits long runs: count this epoch's batches
-            self._sizes[self.epoch] = len(self._batches())
-        return self._sizes[self.epoch]
+        return len(self._batches())  # the budget splits long runs: count this epoch's batches
 
     def __iter__(self):
         yield from self._batches()
 
     def _fits(self, batch: list, index: int) -> bool:
-        if self.max_tokens is None or not batch:
-            return True
-        longest = max(self.lengths[index], max(self.lengths[i] for i in batch))
-        return (len(batch) + 1) * longest <= self.max_tokens
+        """Whether row `index` joins `batch` within the budget; rows come sorted by length, so it is the longest."""
+        return self.max_tokens is None or not batch or (len(batch) + 1) * self.lengths[index] <= self.max_tokens
 
     def _batches(self) -> list:
+        if self._built[0] != self.epoch:
+            self._built = (self.epoch, self._build())
+        return self._built[1]
+
+    def _build(self) -> list:
         rng = np.random.default_rng([self.seed, self.epoch])
         order, batches, carried = rng.permutation(len(self.texts)).tolist(), [], []
         chunk = self.batch_size * self.group
