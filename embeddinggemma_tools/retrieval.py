@@ -127,6 +127,24 @@ def _read(corpus_file: Path, queries_file: Path, qrels_file: Path):
     return corpus, queries, qrels
 
 
+def head(dataset: RetrievalSet, queries: int) -> RetrievalSet:
+    """The set's first `queries` queries (in file order) against the documents judged for them and as many others
+    (the first in file order): a small, quick version for a learning curve (fewer distractors than the whole set:
+    higher scores, the same trend); 0 or more queries than the set has: the set itself."""
+    if not queries or queries >= len(dataset.queries):
+        return dataset
+    kept = list(dataset.queries)[:queries]
+    judged = {d for q in kept for d in dataset.qrels[q]}
+    others = [d for d in dataset.corpus if d not in judged][: len(judged)]
+    documents = judged | set(others)
+    return RetrievalSet(
+        f"{dataset.name}[:{queries}]",
+        {q: dataset.queries[q] for q in kept},
+        {d: text for d, text in dataset.corpus.items() if d in documents},
+        {q: dataset.qrels[q] for q in kept},
+    )
+
+
 def retrieval_metrics(scores: np.ndarray, query_ids: list[str], corpus_ids: list[str], qrels) -> dict[str, float]:
     """scores (queries, corpus) -> the mean of each of `METRICS` over the queries, x100."""
     k = min(10, scores.shape[1])

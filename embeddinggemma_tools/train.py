@@ -108,8 +108,20 @@ def text_key(text: str) -> str:
 
 
 def held_out_texts(paths: list[str | os.PathLike]) -> set[str]:
-    """The `text_key`s of every sentence of these evaluation files (STS-B or SICK)."""
-    return {text_key(text) for path in paths for a, b, _ in read_sts(path) for text in (a, b)}
+    """The `text_key`s of every text of these evaluation sets: STS-B or SICK files (both sentences of each pair),
+    and retrieval folders in BEIR's layout (every query and document: experiments/build_retrieval_sets.py's man
+    pages and Python standard library)."""
+    keys = set()
+    for path in paths:
+        if Path(path).is_dir():
+            from embeddinggemma_tools.retrieval import read_retrieval_set
+
+            dataset = read_retrieval_set(path)
+            texts = [*dataset.queries.values(), *(text for _, text in dataset.corpus.values())]
+        else:
+            texts = [text for a, b, _ in read_sts(path) for text in (a, b)]
+        keys |= {text_key(text) for text in texts}
+    return keys
 
 
 def drop_held_out(rows: list[dict], held_out: set[str]) -> tuple[list[dict], int]:
@@ -531,7 +543,16 @@ TERMINATION = Termination()
 
 # train()'s arguments that may change between a run and its --resume: they decide where files go, how often
 # checkpoints, logs and the learning curve are written, not what is trained.
-RESUMABLE_CHANGES = {"resume", "cache_dir", "logging_steps", "save_steps", "eval_every_minutes", "eval_sts_file"}
+RESUMABLE_CHANGES = {
+    "resume",
+    "cache_dir",
+    "logging_steps",
+    "save_steps",
+    "eval_every_minutes",
+    "eval_sts_file",
+    "eval_retrieval",
+    "eval_retrieval_queries",
+}
 
 
 def check_resume_arguments(output: Path, arguments: dict, resuming: bool) -> None:
@@ -676,26 +697,41 @@ def fit_head(model, texts: list[str], targets: np.ndarray, prompt: str, ridge: f
     return {"texts": len(texts), "mean_cosine": float((fitted * F.normalize(y, dim=-1)).sum(-1).mean())}
 
 
-def evaluation_logger(path: Path, sts_file: str | None, prompt_name: str | None, offset_minutes: float = 0.0):
-    """`evaluation(model, minutes, step)` for `budget_callback`: STS Spearman at every Matryoshka dim, printed and
+def evaluation_logger(
+    path: Path,
+    sts_file: str | None,
+    prompt_name: str | None,
+    offset_minutes: float = 0.0,
+    retrieval: list[str] | None = None,
+    retrieval_queries: int = 100,
+):
+    """`evaluation(model, minutes, step)` for `budget_callback`: STS Spearman (`sts_file`) and nDCG@10 on each
+    retrieval set (its first `retrieval_queries` queries, `retrieval.head`) at every Matryoshka dim, printed and
     appended to `path` (JSON lines) with the training minutes and step."""
+    from embeddinggemma_tools.retrieval import evaluate_retrieval, head, read_retrieval_set
+
     pairs = read_sts(sts_file) if sts_file else []
     if sts_file and not pairs:
         raise ValueError(f"{sts_file} has no STS-B or SICK pairs.")
+    sets = [head(read_retrieval_set(folder), retrieval_queries) for folder in retrieval or []]
 
     def evaluation(model, minutes, step):
         started = time.monotonic()
-        scores = evaluate_model(model, pairs, prompt_name)
-        record = {
-            "minutes": round(offset_minutes + minutes, 3),
-            "step": step,
-            "spearman": {str(d): round(v, 2) for d, v in scores.items()},
-            "eval_seconds": round(time.monotonic() - started, 1),
-        }
+        record = {"minutes": round(offset_minutes + minutes, 3), "step": step}
+        shown = []
+        if pairs:
+            scores = evaluate_model(model, pairs, prompt_name)
+            record["spearman"] = {str(d): round(v, 2) for d, v in scores.items()}
+            shown.append("spearman " + " ".join(f"{d}:{v:.2f}" for d, v in scores.items()))
+        for dataset in sets:
+            figures = evaluate_retrieval(model, dataset)
+            ndcg = {str(d): round(f["ndcg@10"], 2) for d, f in figures.items()}
+            record.setdefault("ndcg@10", {})[dataset.name] = ndcg
+            shown.append(f"{dataset.name} ndcg@10 " + " ".join(f"{d}:{v:.2f}" for d, v in ndcg.items()))
+        record["eval_seconds"] = round(time.monotonic() - started, 1)
         with open(path, "a", encoding="utf-8") as handle:
             handle.write(json.dumps(record) + "\n")
-        dims = " ".join(f"{d}:{v:.2f}" for d, v in scores.items())
-        print(f"[eval] {record['minutes']:.1f} training minutes, step {step}: spearman {dims}", file=sys.stderr)
+        print(f"[eval] {record['minutes']:.1f} training minutes, step {step}: {'; '.join(shown)}", file=sys.stderr)
 
     return evaluation
 
@@ -729,6 +765,11 @@ class TrainingOptions:
     warmup: float = option(0.1, "warm-up, a fraction of the steps or minutes", type=float)
     query_prompt: str | None = option("query", "prompt name for anchors ('none' for none)")
     document_prompt: str | None = option("document", "prompt name for positives and negatives ('none' for none)")
+    text_prompt: str | None = option(
+        None,
+        "prompt name for single texts (texts:PATH, anchor-only files), distilled under it while pairs keep the "
+        "query and document prompts (default: --query-prompt; 'none' for none)",
+    )
     fit_head: int = option(
         0,
         "first fit the head by least squares to the teacher's embeddings of TEXTS anchors (the flag alone: 4096)",
@@ -737,8 +778,19 @@ class TrainingOptions:
         const=4096,
         metavar="TEXTS",
     )
-    held_out: list[str] | None = option(None, "STS-B/SICK file whose texts are never trained on", action="append")
+    held_out: list[str] | None = option(
+        None, "STS-B/SICK file or BEIR-layout retrieval folder whose texts are never trained on", action="append"
+    )
     eval_sts_file: str | None = option(None, "STS-B/SICK file evaluated during training (learning_curve.jsonl)")
+    eval_retrieval: list[str] | None = option(
+        None, "retrieval set (BEIR layout) evaluated during training: nDCG@10 in learning_curve.jsonl", action="append"
+    )
+    eval_retrieval_queries: int = option(
+        100,
+        "queries of each --eval-retrieval set evaluated during training (the first N, against the documents judged "
+        "for them: a quick trend; `evaluate --retrieval` scores whole sets; 0: whole sets)",
+        type=int,
+    )
     eval_prompt_name: str | None = option("STS", "prompt name of that evaluation")
     eval_every_minutes: float | None = option(None, "evaluate every N training minutes (and at the end)", type=float)
     curve_offset_minutes: float = option(0.0, "training minutes of earlier stages (the curve's x axis)", type=float)
@@ -805,7 +857,7 @@ RENAMED_OPTIONS = {
     "fit_head_texts": ("fit_head", lambda texts: texts),
 }
 # Options that earlier releases did not record, with the value that gives what those releases did.
-ADDED_OPTIONS = {"max_batch_tokens": 0}
+ADDED_OPTIONS = {"max_batch_tokens": 0, "text_prompt": None}
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -845,11 +897,9 @@ def train(
 
     model = SentenceTransformer(model_dir, device="cpu", trust_remote_code=True)
     config = model[0].auto_model.config
-    prompts = {"anchor": config.prompt_for(options.query_prompt) if options.query_prompt else ""}
-    prompts["positive"] = prompts["negative"] = (
-        config.prompt_for(options.document_prompt) if options.document_prompt else ""
-    )
+    prompts = dataset_prompts(config, options)
     train_dataset, fit_texts, fit_targets = training_datasets(rows, teacher, prompts, config, output, options)
+    prompts = {name: prompts[name] for name in split_by_columns(rows)}
 
     checkpoints = sorted(output.glob("checkpoint-*"), key=lambda c: int(c.name.rsplit("-", 1)[-1]))
     resuming = options.resume and bool(checkpoints)
@@ -860,7 +910,7 @@ def train(
     if not options.train_embeddings:
         model[0].auto_model.get_input_embeddings().weight.requires_grad_(False)
     if options.fit_head and not resuming:
-        fit_head_step(model, fit_texts, fit_targets, prompts["anchor"], clock, options)
+        fit_head_step(model, fit_texts, fit_targets, clock, options)
 
     bf16_source = "--bf16/--no-bf16" if options.bf16 is not None else "measured (precision_embeddinggemma)"
     bf16 = native_bf16() if options.bf16 is None else options.bf16
@@ -912,9 +962,24 @@ def training_rows(data, teacher: str | None, options: TrainingOptions) -> list[d
     return rows
 
 
+def dataset_prompts(config, options: TrainingOptions) -> dict[str, dict[str, str]]:
+    """{dataset: {column: prompt text}} for the datasets of `split_by_columns`: anchors under the query prompt,
+    positives and negatives under the document prompt, single texts under `text_prompt` (default: the query
+    prompt), as sentence-transformers' `prompts` takes them per dataset."""
+
+    def text(name):
+        return config.prompt_for(name) if name and name != "none" else ""
+
+    query, document = text(options.query_prompt), text(options.document_prompt)
+    single = query if options.text_prompt is None else text(options.text_prompt)
+    pair = {"anchor": query, "positive": document, "negative": document}
+    return {"triplets": pair, "pairs": pair, "texts": {"anchor": single}}
+
+
 def training_datasets(rows, teacher, prompts: dict, config, output: Path, options: TrainingOptions):
-    """Step 2, teacher cache: one dataset per column layout, each row labelled with the teacher's embeddings when
-    distilling or fitting the head; returns (dataset or DatasetDict, anchors and targets for the head fit)."""
+    """Step 2, teacher cache: one dataset per column layout, each row labelled with the teacher's embeddings (under
+    that dataset's prompts, `dataset_prompts`) when distilling or fitting the head; returns (dataset or DatasetDict,
+    prompted anchors and their targets for the head fit)."""
     from datasets import Dataset, DatasetDict
 
     cache = options.cache_dir or output / "teacher-cache"
@@ -922,7 +987,7 @@ def training_datasets(rows, teacher, prompts: dict, config, output: Path, option
     for name, group in split_by_columns(rows).items():
         columns = {c: [row[c] for row in group] for c in TEXT_COLUMNS if c in group[0]}
         if options.distill_weight or options.fit_head:
-            vectors = teacher_embeddings(teacher, group, prompts, cache, dtype=options.teacher_dtype)
+            vectors = teacher_embeddings(teacher, group, prompts[name], cache, dtype=options.teacher_dtype)
             if vectors.shape[-1] != config.embedding_dim:
                 raise ValueError(
                     f"The teacher's embeddings have {vectors.shape[-1]} dims but the student's {config.embedding_dim}; "
@@ -931,19 +996,19 @@ def training_datasets(rows, teacher, prompts: dict, config, output: Path, option
             # float32 arrays go to Arrow as they are: `.tolist()` made Python floats of them first, ~16x the
             # cache's size in memory at once (the stage-1 process grew to 17 GB)
             columns["label"] = np.ascontiguousarray(vectors, dtype=np.float32)
-            fit_texts += columns["anchor"]
+            fit_texts += [prompts[name]["anchor"] + anchor for anchor in columns["anchor"]]
             fit_targets.append(vectors[:, 0])
         datasets[name] = Dataset.from_dict(columns)
     train_dataset = DatasetDict(datasets) if len(datasets) > 1 else next(iter(datasets.values()))
     return train_dataset, fit_texts, fit_targets
 
 
-def fit_head_step(model, fit_texts, fit_targets, prompt: str, clock: TrainingClock, options: TrainingOptions):
-    """Step 3, head fit: least squares of the head to the teacher's embeddings of `options.fit_head` anchors, on the
-    training clock (the fit is training: it counts against the budget)."""
+def fit_head_step(model, fit_texts, fit_targets, clock: TrainingClock, options: TrainingOptions):
+    """Step 3, head fit: least squares of the head to the teacher's embeddings of `options.fit_head` anchors (each
+    with its dataset's prompt), on the training clock (the fit is training: it counts against the budget)."""
     clock.start()
     order = np.random.default_rng(options.seed).permutation(len(fit_texts))[: options.fit_head]
-    figures = fit_head(model, [fit_texts[i] for i in order], np.concatenate(fit_targets)[order], prompt)
+    figures = fit_head(model, [fit_texts[i] for i in order], np.concatenate(fit_targets)[order], "")
     clock.pause()
     print(
         f"head fitted by least squares on {figures['texts']} texts: mean cosine {figures['mean_cosine']:.4f} "
@@ -978,19 +1043,21 @@ def recipe_trainer(model, config, train_dataset, prompts, output: Path, clock, b
         seed=options.seed,
         data_seed=options.seed,
         dataloader_drop_last=True,
-        prompts=prompts,
+        prompts=prompts if len(prompts) > 1 else next(iter(prompts.values())),
         batch_sampler=batch_sampler(model, prompts, options),
         use_cpu=not torch.cuda.is_available(),
     )
     weights = {"nce_weight": options.nce_weight, "gor_weight": options.gor_weight}
     loss = recipe_loss(model, config.matryoshka_dims, **weights, distill_weight=options.distill_weight)
     evaluation = None
-    if options.eval_sts_file:
+    if options.eval_sts_file or options.eval_retrieval:
         evaluation = evaluation_logger(
             output / "learning_curve.jsonl",
             options.eval_sts_file,
             options.eval_prompt_name,
             options.curve_offset_minutes,
+            retrieval=options.eval_retrieval,
+            retrieval_queries=options.eval_retrieval_queries,
         )
     callback = budget_callback(clock, evaluation, options.eval_every_minutes)
     return RecipeTrainer(
@@ -1005,7 +1072,12 @@ def batch_sampler(model, prompts: dict, options: TrainingOptions):
         return "no_duplicates"
     if not options.max_batch_tokens:
         return LengthGroupedBatchSampler
-    return TokenBudget(model.tokenizer, options.max_batch_tokens, dict(prompts), getattr(model, "max_seq_length", None))
+    # a column's tokens are counted under the longest prompt any dataset gives it: the budget holds for every dataset
+    longest = {}
+    for columns in prompts.values():
+        for column, prompt in columns.items():
+            longest[column] = max(longest.get(column, ""), prompt, key=lambda p: len(model.tokenizer(p)["input_ids"]))
+    return TokenBudget(model.tokenizer, options.max_batch_tokens, longest, getattr(model, "max_seq_length", None))
 
 
 def peak_rss_gb() -> float:

@@ -5,15 +5,20 @@
 
 Writes OUT_DIR/texts.jsonl (single texts, for distillation: {"anchor"}), OUT_DIR/pairs.jsonl (retrieval-shaped rows,
 {"anchor", "positive"}: a package's summary -> its first paragraph, "package: heading" -> the section's first
-paragraph) and OUT_DIR/sources.jsonl (one row per package: name, version, the file it came from, its licence, and how
-many texts and pairs it gave). Both data files are `--data` files of `train_embeddinggemma.py train`. Idempotent: a
+paragraph), OUT_DIR/code-pairs.jsonl (code retrieval: a public function's docstring, first paragraph -> its code
+without the docstring, from the package's own Python files; at most --code-per-package a package) and
+OUT_DIR/sources.jsonl (one row per package: name, version, the file it came from, its licence, and how many texts,
+pairs and code pairs it gave). The data files are `--data` files of `train_embeddinggemma.py train`. Idempotent: a
 second run rewrites the same files.
 
-Held out, never written: the Python standard library's own documentation (packages named like stdlib modules are
-skipped), man pages, STS-B test and SICK test; `check-held-out` checks the last two after training.
+Held out, never written: the Python standard library's source and documentation (packages named like stdlib modules
+are skipped, and a function whose code or docstring equals one of the standard library's, as vendored copies and
+backports have, is left out), man pages, STS-B test and SICK test; `check-held-out` checks them after training
+(STS-B and SICK test files, and the retrieval sets of experiments/build_retrieval_sets.py).
 """
 
 import argparse
+import ast
 import email.parser
 import json
 import random
@@ -125,6 +130,75 @@ def sections(description: str) -> list[tuple[str, str]]:
     return found
 
 
+def code_key(text: str) -> str:
+    return " ".join(text.split()).casefold()
+
+
+def function_pairs(source: str) -> list[tuple[str, str]]:
+    """(docstring's first paragraph, code without the docstring) of the public functions of a Python file, in the
+    shape of experiments/build_retrieval_sets.py's python-stdlib set: a summary of at least 5 words, 80-2000
+    characters of code."""
+    try:
+        tree = ast.parse(source)
+    except (SyntaxError, ValueError, RecursionError):
+        return []
+    found = []
+    for node in ast.walk(tree):
+        if not isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) or node.name.startswith("_"):
+            continue
+        docstring = ast.get_docstring(node)
+        if not docstring:
+            continue
+        summary = docstring.split("\n\n", 1)[0].replace("\n", " ").strip()
+        node.body = node.body[1:] or [ast.Pass()]
+        try:
+            code = ast.unparse(node)
+        except (ValueError, RecursionError):
+            continue
+        if len(summary.split()) >= 5 and 80 <= len(code) <= 2000:
+            found.append((summary, code))
+    return found
+
+
+def stdlib_keys() -> set[str]:
+    """`code_key`s of every docstring summary and every function's code in the running Python's standard library,
+    held out: a wheel's function equal to one of them (a vendored copy, a backport) is never written."""
+    root, keys = Path(sysconfig.get_paths()["stdlib"]), set()
+    for path in root.rglob("*.py"):
+        if "site-packages" in path.parts:
+            continue
+        try:
+            source = path.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError):
+            continue
+        for summary, code in function_pairs(source):
+            keys.update((code_key(summary), code_key(code)))
+    return keys
+
+
+def code_pairs(url: str, held_out: set[str], limit: int, rng: random.Random) -> list[tuple[str, str]]:
+    """Up to `limit` (docstring summary, code) pairs from a wheel's own .py files (tests and vendored folders
+    skipped), none equal to the standard library's."""
+    path = urllib.request.url2pathname(urllib.parse.urlparse(url).path)
+    found, seen = [], set()
+    with zipfile.ZipFile(path) as wheel:
+        names = [
+            n
+            for n in wheel.namelist()
+            if n.endswith(".py") and not {"test", "tests", "_vendor", "vendor", "vendored"} & set(n.split("/"))
+        ]
+        for name in names:
+            if wheel.getinfo(name).file_size > 500_000:
+                continue
+            source = wheel.read(name).decode("utf-8", errors="replace")
+            for summary, code in function_pairs(source):
+                keys = (code_key(summary), code_key(code))
+                if held_out.isdisjoint(keys) and keys[0] not in seen:
+                    seen.add(keys[0])
+                    found.append((summary, code))
+    return rng.sample(found, min(limit, len(found)))
+
+
 def paragraphs(description: str) -> list[str]:
     return [p for p in (clean(block) for block in re.split(r"\n\s*\n", description)) if 12 <= len(p.split()) <= 300]
 
@@ -136,6 +210,10 @@ def main(argv=None) -> int:
     parser.add_argument("--max-packages", type=int)
     parser.add_argument("--max-texts", type=int, help="keep a random sample of this many single texts")
     parser.add_argument("--max-pairs", type=int, help="keep a random sample of this many pairs")
+    parser.add_argument("--max-code-pairs", type=int, help="keep a random sample of this many code pairs")
+    parser.add_argument(
+        "--code-per-package", type=int, default=10, help="code pairs drawn from one package at most (0: none)"
+    )
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
     out = Path(args.out_dir)
@@ -145,11 +223,14 @@ def main(argv=None) -> int:
         for project, url in newest_wheels(index).items():
             wheels.setdefault(project, url)
     projects = sorted(p for p in wheels if p.replace("-", "_").lower() not in STDLIB)[: args.max_packages]
-    seen, counts = set(), {"texts": 0, "pairs": 0}
+    seen, counts = set(), {"texts": 0, "pairs": 0, "code-pairs": 0}
     stdlib_docs = Path(sysconfig.get_paths()["stdlib"]).as_posix()
+    held_out = stdlib_keys() if args.code_per_package else set()
+    rng = random.Random(args.seed)
     with (
         open(out / "texts.jsonl", "w", encoding="utf-8") as texts,
         open(out / "pairs.jsonl", "w", encoding="utf-8") as pairs,
+        open(out / "code-pairs.jsonl", "w", encoding="utf-8") as code,
         open(out / "sources.jsonl", "w", encoding="utf-8") as sources,
     ):
         for project in projects:
@@ -162,7 +243,7 @@ def main(argv=None) -> int:
             description = message.get_payload() or message.get("Description") or ""
             if stdlib_docs in description:
                 continue
-            got = {"texts": 0, "pairs": 0}
+            got = {"texts": 0, "pairs": 0, "code-pairs": 0}
             summary = clean(message.get("Summary") or "")
             body = paragraphs(description)
             candidates = [(summary, body[0])] if summary and body and len(summary.split()) >= 3 else []
@@ -178,16 +259,25 @@ def main(argv=None) -> int:
                     seen.add(text)
                     texts.write(json.dumps({"anchor": text}, ensure_ascii=False) + "\n")
                     got["texts"] += 1
+            try:
+                functions = code_pairs(wheels[project], held_out, args.code_per_package, rng)
+            except (OSError, zipfile.BadZipFile):
+                functions = []
+            for summary, body in functions:
+                code.write(json.dumps({"anchor": summary, "positive": body}, ensure_ascii=False) + "\n")
+                got["code-pairs"] += 1
             row = {"name": message.get("Name"), "version": message.get("Version"), "file": wheels[project]}
             sources.write(json.dumps({**row, "licence": licence_of(message), **got}) + "\n")
             counts = {k: counts[k] + got[k] for k in counts}
-    for name, limit in (("texts", args.max_texts), ("pairs", args.max_pairs)):
+    limits = (("texts", args.max_texts), ("pairs", args.max_pairs), ("code-pairs", args.max_code_pairs))
+    for name, limit in limits:
         if limit is not None and counts[name] > limit:  # a sample, the same for the same seed
             path = out / f"{name}.jsonl"
             lines = path.read_text(encoding="utf-8").splitlines(keepends=True)
             path.write_text("".join(random.Random(args.seed).sample(lines, limit)), encoding="utf-8")
             counts[name] = limit
-    print(f"{len(projects)} packages: {counts['texts']} texts, {counts['pairs']} pairs in {out}")
+    found = f"{counts['texts']} texts, {counts['pairs']} pairs, {counts['code-pairs']} code pairs"
+    print(f"{len(projects)} packages: {found} in {out}")
     return 0
 
 

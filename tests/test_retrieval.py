@@ -110,3 +110,37 @@ def test_held_out_sets_are_built_in_beir_layout(tmp_path):
     dataset = read_retrieval_set(tmp_path / "set")
     assert dataset.queries == {"q0": "return the sum of two numbers", "q1": "say hello"}
     assert dataset.qrels == {"q0": {"d0": 1.0}, "q1": {"d1": 1.0}} and dataset.corpus["d2"] == ("", "unrelated")
+
+
+def test_head_keeps_the_first_queries_their_documents_and_as_many_others(tmp_path):
+    from embeddinggemma_tools.retrieval import head
+
+    queries = [(f"q{i}", f"query {i}") for i in range(5)]
+    corpus = [(f"d{i}", f"document {i}") for i in range(9)]
+    dataset = read_retrieval_set(
+        write_set(tmp_path / "set", queries, corpus, [(f"q{i}", f"d{8 - i}", 1) for i in range(5)])
+    )
+    small = head(dataset, 2)
+    assert small.name == "set[:2]" and list(small.queries) == ["q0", "q1"]
+    assert small.qrels == {"q0": {"d8": 1.0}, "q1": {"d7": 1.0}}
+    assert set(small.corpus) == {"d8", "d7", "d0", "d1"}  # judged, then the first others: twice the judged
+    assert head(dataset, 0) is dataset and head(dataset, 5) is dataset
+
+
+def test_a_retrieval_folder_is_held_out_of_training_and_checked(tmp_path):
+    folder = write_set(
+        tmp_path / "man-pages",
+        [("q0", "list directory contents")],
+        [("d0", "List  information about the FILEs."), ("d1", "other")],
+        [("q0", "d0", 1)],
+    )
+    keys = te.held_out_texts([str(folder)])
+    assert {te.text_key("list directory contents"), te.text_key("list information about the files"), "other"} <= keys
+    rows = [{"anchor": "List directory contents!"}, {"anchor": "kept", "positive": "list information about the FILEs"}]
+    kept, dropped = te.drop_held_out(rows + [{"anchor": "a new text"}], keys)
+    assert dropped == 2 and kept == [{"anchor": "a new text"}]
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "trained_texts.txt").write_text("\n".join(te.trained_texts(rows)) + "\n")
+    with pytest.raises(ValueError, match="2 held-out texts were trained on"):
+        te.check_held_out([str(run)], [str(folder)])

@@ -427,6 +427,86 @@ def test_max_minutes_stops_on_time_with_a_checkpoint_a_model_and_a_curve(student
         te.train(str(student), str(tmp_path / "nce"), [{"anchor": "x"}], teacher=str(tiny_converted_dir))
 
 
+def test_single_texts_train_under_their_prompt_and_pairs_under_query_and_document(
+    student, tiny_converted_dir, tmp_path, monkeypatch
+):
+    """--text-prompt: single texts are distilled (teacher and student) under it, while pairs keep the query and
+    document prompts in the same run; the head fit takes each text with its prompt; the learning curve records
+    nDCG@10 on a retrieval set."""
+    from sentence_transformers import SentenceTransformer
+
+    from embeddinggemma_tools.retrieval import read_retrieval_set
+
+    config = json.loads((student / "config.json").read_text())
+    query, document, sts = (config["prompts"][name] for name in ("query", "document", "STS"))
+    taught, tokenized = [], []
+    teacher_embeddings = te.teacher_embeddings
+    monkeypatch.setattr(
+        te,
+        "teacher_embeddings",
+        lambda t, rows, prompts, *a, **k: taught.append(prompts) or teacher_embeddings(t, rows, prompts, *a, **k),
+    )
+    # what the student is given: sentence-transformers 6 passes the prompt to `preprocess`, 5.x prepends it for
+    # `tokenize`
+    tokenize = SentenceTransformer.tokenize
+    monkeypatch.setattr(
+        SentenceTransformer, "tokenize", lambda self, texts, **k: tokenized.extend(texts) or tokenize(self, texts, **k)
+    )
+    if hasattr(SentenceTransformer, "preprocess"):
+        preprocess = SentenceTransformer.preprocess
+
+        def spy(self, inputs, prompt=None, **kwargs):
+            tokenized.extend((prompt or "") + text for text in inputs if isinstance(text, str))
+            return preprocess(self, inputs, prompt=prompt, **kwargs)
+
+        monkeypatch.setattr(SentenceTransformer, "preprocess", spy)
+    folder = tmp_path / "set"
+    (folder / "qrels").mkdir(parents=True)
+    (folder / "queries.jsonl").write_text(json.dumps({"_id": "q0", "text": "a dog"}) + "\n")
+    corpus = [{"_id": "d0", "text": "the dog runs"}, {"_id": "d1", "text": "mars"}]
+    (folder / "corpus.jsonl").write_text("".join(json.dumps(row) + "\n" for row in corpus))
+    (folder / "qrels" / "test.tsv").write_text("q0\td0\t1\n")
+    pairs = [{"anchor": r["anchor"], "positive": r["positive"]} for r in TOY_ROWS]
+    singles = [{"anchor": f"{s} sat by {a}"} for s in SUBJECTS for a in ACTIONS]
+    te.train(
+        str(student),
+        str(tmp_path / "run"),
+        pairs + singles,
+        teacher=str(tiny_converted_dir),
+        nce_weight=0.0,
+        gor_weight=0.0,
+        text_prompt="STS",
+        max_steps=4,
+        batch_size=8,
+        fit_head=32,
+        eval_retrieval=[str(folder)],
+        cache_dir=str(tmp_path / "cache"),
+    )
+    assert {"anchor": query, "positive": document, "negative": document} in taught
+    assert {"anchor": sts} in taught
+    trained = tokenized  # the head fit's, the training steps' and the evaluation's texts, prompts in
+    assert any(t.startswith(sts) and t[len(sts) :] in {s["anchor"] for s in singles} for t in trained)
+    assert not any(t.startswith(sts) and t[len(sts) :] in {p["anchor"] for p in pairs} for t in trained)
+    assert not any(t.startswith(query) and t[len(query) :] in {s["anchor"] for s in singles} for t in trained)
+    assert any(t.startswith(query) and t[len(query) :] in {p["anchor"] for p in pairs} for t in trained)
+    assert any(t.startswith(document) and t[len(document) :] in {p["positive"] for p in pairs} for t in trained)
+    curve = [json.loads(line) for line in (tmp_path / "run" / "learning_curve.jsonl").read_text().splitlines()]
+    assert set(curve[-1]["ndcg@10"]["set"]) == {"48", "32", "16"} and "spearman" not in curve[-1]
+    assert read_retrieval_set(folder).name == "set"
+    with pytest.raises(ValueError, match="Unknown prompt"):
+        te.train(
+            str(student),
+            str(tmp_path / "bad"),
+            singles,
+            teacher=str(tiny_converted_dir),
+            nce_weight=0.0,
+            gor_weight=0.0,
+            text_prompt="no-such-prompt",
+            max_steps=1,
+            batch_size=8,
+        )
+
+
 def test_evaluate_reads_sick_and_prints_it_before_sts(tiny_converted_dir, tmp_path):
     words = ["guitar", "red", "dog", "planet", "music", "river"]
     pairs = [(f"a man plays {' '.join(words[: i % 6])}", "a man plays", float(i % 5) + 1) for i in range(20)]
