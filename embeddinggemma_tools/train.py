@@ -1315,6 +1315,14 @@ def main(argv: list[str] | None = None) -> int:
         help="a retrieval set in BEIR's layout (corpus, queries, qrels; embeddinggemma_tools/retrieval.py): "
         "'retrieval NAME dim D ndcg@10 X recall@1 X recall@10 X mrr@10 X' lines",
     )
+    e.add_argument(
+        "--retrieval-queries",
+        type=int,
+        default=0,
+        metavar="N",
+        help="score each retrieval set on its first N queries against the documents judged for them and as many "
+        "others (a quick look; the set is named SET[:N] in the lines; default 0: the whole set)",
+    )
     e.add_argument("--query-prompt-name", default="query", help="prompt of retrieval queries ('none' for none)")
     e.add_argument("--document-prompt-name", default="document", help="prompt of retrieval documents ('none')")
     c = commands.add_parser("check-held-out", help="fail if a run trained on a held-out text")
@@ -1338,9 +1346,10 @@ def main(argv: list[str] | None = None) -> int:
                 raise ValueError("evaluate needs --sts-file, --sick-file and/or --retrieval DIR.")
             from sentence_transformers import SentenceTransformer
 
-            from embeddinggemma_tools.retrieval import evaluate_retrieval, read_retrieval_set
+            from embeddinggemma_tools.retrieval import evaluate_retrieval, head, read_retrieval_set
 
-            datasets = [read_retrieval_set(folder) for folder in args.retrieval or []]  # bad folders before loading
+            # bad folders are reported before the model loads
+            datasets = [head(read_retrieval_set(folder), args.retrieval_queries) for folder in args.retrieval or []]
             model = SentenceTransformer(str(args.model_dir), device="cpu", trust_remote_code=True)
             for prefix, path in (("sick-r ", args.sick_file), ("", args.sts_file)):
                 if path:

@@ -1,7 +1,8 @@
 """Draws the learning curve of a training run as a small SVG (no plotting library needed), and prints it as a
-Markdown table: STS Spearman against training minutes, one line per Matryoshka dim, from the learning_curve.jsonl
-files `train_embeddinggemma.py train --eval-sts-file ... --eval-every-minutes N` writes (stages in order; a later
-stage's records already carry the earlier stages' minutes, see --curve-offset-minutes).
+Markdown table: STS Spearman against training minutes, one line per Matryoshka dim, and nDCG@10 at the full dim on
+each retrieval set the run evaluated (--eval-retrieval), from the learning_curve.jsonl files
+`train_embeddinggemma.py train --eval-sts-file ... --eval-every-minutes N` writes (stages in order; a later stage's
+records already carry the earlier stages' minutes, see --curve-offset-minutes).
 
     python experiments/plot_learning_curve.py RUN/learning_curve.jsonl [MORE.jsonl ...] --output docs/curve.svg
         [--title TEXT] [--teacher 88.12,87.85]
@@ -13,7 +14,7 @@ import sys
 from pathlib import Path
 
 
-COLOURS = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728"]
+COLOURS = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2"]
 
 
 def read_curve(paths: list[str]) -> list[dict]:
@@ -30,21 +31,36 @@ def read_curve(paths: list[str]) -> list[dict]:
     return [records[m] for m in sorted(records)]
 
 
-def table(records: list[dict]) -> str:
-    dims = list(records[0]["spearman"])
-    lines = ["| training minutes | step | " + " | ".join(dims) + " |", "|---" * (len(dims) + 2) + "|"]
+def series(records: list[dict]) -> list[tuple[str, list[tuple[float, float]]]]:
+    """(label, [(minutes, value)]) per line: STS Spearman per dim, then nDCG@10 at the first (full) dim per set."""
+    lines = {}
     for r in records:
-        lines.append(
-            f"| {r['minutes']:.1f} | {r['step']} | " + " | ".join(f"{v:.2f}" for v in r["spearman"].values()) + " |"
-        )
+        for dim, value in r.get("spearman", {}).items():
+            lines.setdefault(f"{dim} dims", []).append((r["minutes"], value))
+        for name, dims in r.get("ndcg@10", {}).items():
+            dim, value = next(iter(dims.items()))
+            lines.setdefault(f"{name} nDCG@10 ({dim})", []).append((r["minutes"], value))
+    return list(lines.items())
+
+
+def table(records: list[dict]) -> str:
+    dims = list(dict.fromkeys(d for r in records for d in r.get("spearman", {})))
+    sets = list(dict.fromkeys((n, next(iter(ds))) for r in records for n, ds in r.get("ndcg@10", {}).items()))
+    heads = dims + [f"{name} nDCG@10 ({dim})" for name, dim in sets]
+    lines = ["| training minutes | step | " + " | ".join(heads) + " |", "|---" * (len(heads) + 2) + "|"]
+    for r in records:
+        values = [r.get("spearman", {}).get(d) for d in dims]
+        values += [r.get("ndcg@10", {}).get(name, {}).get(dim) for name, dim in sets]
+        shown = " | ".join("" if v is None else f"{v:.2f}" for v in values)
+        lines.append(f"| {r['minutes']:.1f} | {r['step']} | {shown} |")
     return "\n".join(lines)
 
 
-def svg(records: list[dict], title: str, teacher: list[float] | None = None, width=560, height=300) -> str:
-    left, right, top, bottom = 48, 110, 28, 36
-    dims = list(records[0]["spearman"])
+def svg(records: list[dict], title: str, teacher: list[float] | None = None, width=640, height=320) -> str:
+    left, right, top, bottom = 48, 190, 28, 36
+    lines = series(records)
     xs = [r["minutes"] for r in records]
-    values = [v for r in records for v in r["spearman"].values()] + (teacher or [])
+    values = [v for _, points in lines for _, v in points] + (teacher or [])
     x_max = max(xs) or 1.0
     y_low, y_high = 10 * (min(values) // 10), min(100.0, 10 * (max(values) // 10 + 1))
 
@@ -67,26 +83,27 @@ def svg(records: list[dict], title: str, teacher: list[float] | None = None, wid
     for tick in range(0, int(x_max) + 1, step):
         out.append(f'<text x="{x(tick):.1f}" y="{height - bottom + 14}" text-anchor="middle">{tick}</text>')
     out.append(f'<text x="{(left + width - right) / 2}" y="{height - 6}" text-anchor="middle">training minutes</text>')
-    out.append(f'<text x="12" y="{top - 8}">Spearman</text>')
-    for i, dim in enumerate(dims):
+    out.append(f'<text x="12" y="{top - 8}">{"Spearman / nDCG@10" if len(lines) > 4 else "Spearman"}</text>')
+    for i, (label, points) in enumerate(lines):
         colour = COLOURS[i % len(COLOURS)]
-        points = " ".join(f"{x(r['minutes']):.1f},{y(r['spearman'][dim]):.1f}" for r in records)
-        out.append(f'<polyline points="{points}" fill="none" stroke="{colour}" stroke-width="1.5"/>')
-        for r in records:
-            out.append(f'<circle cx="{x(r["minutes"]):.1f}" cy="{y(r["spearman"][dim]):.1f}" r="2" fill="{colour}"/>')
+        dash = ' stroke-dasharray="1 2"' if "nDCG" in label else ""
+        drawn = " ".join(f"{x(m):.1f},{y(v):.1f}" for m, v in points)
+        out.append(f'<polyline points="{drawn}" fill="none" stroke="{colour}" stroke-width="1.5"{dash}/>')
+        for m, v in points:
+            out.append(f'<circle cx="{x(m):.1f}" cy="{y(v):.1f}" r="2" fill="{colour}"/>')
         legend_y = top + 14 * i
         out.append(
             f'<line x1="{width - right + 8}" x2="{width - right + 24}" y1="{legend_y}" y2="{legend_y}" '
-            f'stroke="{colour}" stroke-width="2"/>'
+            f'stroke="{colour}" stroke-width="2"{dash}/>'
         )
-        out.append(f'<text x="{width - right + 28}" y="{legend_y + 4}">{dim} dims</text>')
-        if teacher and i < len(teacher):
+        out.append(f'<text x="{width - right + 28}" y="{legend_y + 4}">{label}</text>')
+        if teacher and i < len(teacher) and "nDCG" not in label:
             out.append(
                 f'<line x1="{left}" x2="{width - right}" y1="{y(teacher[i]):.1f}" y2="{y(teacher[i]):.1f}" '
                 f'stroke="{colour}" stroke-dasharray="4 3" stroke-width="1"/>'
             )
     if teacher:
-        out.append(f'<text x="{width - right + 8}" y="{top + 14 * len(dims) + 4}">- - teacher</text>')
+        out.append(f'<text x="{width - right + 8}" y="{top + 14 * len(lines) + 4}">- - teacher (STS-B)</text>')
     out.append("</svg>")
     return "\n".join(out) + "\n"
 
@@ -95,7 +112,7 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("curves", nargs="+")
     parser.add_argument("--output", required=True, help="the SVG to write")
-    parser.add_argument("--title", default="STS-B test Spearman (STS prompt) during training")
+    parser.add_argument("--title", default="STS-B test Spearman (STS prompt) and retrieval nDCG@10 during training")
     parser.add_argument("--teacher", type=lambda v: [float(x) for x in v.split(",")], help="teacher scores per dim")
     args = parser.parse_args(argv)
     try:

@@ -86,6 +86,14 @@ def test_evaluate_command_prints_retrieval_lines_and_refuses_bad_folders(tiny_co
     )
     lines = capsys.readouterr().out.splitlines()
     assert lines[0].startswith("retrieval tiny-set dim 48 ndcg@10 100.00 recall@1 100.00") and len(lines) == 3
+    two = write_set(
+        tmp_path / "two",
+        [("q0", TEXTS[0]), ("q1", TEXTS[1])],
+        [("d0", TEXTS[0]), ("d1", TEXTS[1])],
+        [("q0", "d0", 1), ("q1", "d1", 1)],
+    )
+    assert te.main(["evaluate", str(tiny_converted_dir), "--retrieval", str(two), "--retrieval-queries", "1"]) == 0
+    assert capsys.readouterr().out.startswith("retrieval two[:1] dim 48 ndcg@10 ")
     (folder / "qrels" / "test.tsv").write_text("q0\tmissing\t1\n")
     assert te.main(["evaluate", str(tiny_converted_dir), "--retrieval", str(folder)]) == 2
     assert "judges ids that" in capsys.readouterr().err

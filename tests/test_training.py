@@ -539,7 +539,9 @@ def test_plot_learning_curve_writes_a_small_svg_and_a_table(tmp_path):
     second.write_text(
         json.dumps({"minutes": 15.01, "step": 0, "spearman": {"768": 60.5, "128": 57.0}})
         + "\n"
-        + json.dumps({"minutes": 20.0, "step": 30, "spearman": {"768": 61.0, "128": 58.0}})
+        + json.dumps(
+            {"minutes": 20.0, "step": 30, "spearman": {"768": 61.0, "128": 58.0}, "ndcg@10": {"man": {"768": 70.5}}}
+        )
         + "\n"
     )
     result = subprocess.run(
@@ -552,8 +554,9 @@ def test_plot_learning_curve_writes_a_small_svg_and_a_table(tmp_path):
     assert result.returncode == 0, result.stderr
     assert "| 15.0 | 90 | 60.00 | 57.00 |" in result.stdout and "| 0.0 | 0 | 40.00 | 38.00 |" in result.stdout
     assert "60.50" not in result.stdout  # the second stage's start repeats the first stage's end
+    assert "| 20.0 | 30 | 61.00 | 58.00 | 70.50 |" in result.stdout  # retrieval, where the run evaluated it
     svg = (tmp_path / "curve.svg").read_text()
-    assert svg.startswith("<svg") and svg.count("<polyline") == 2 and len(svg) < 20_000
+    assert svg.startswith("<svg") and svg.count("<polyline") == 3 and len(svg) < 20_000
 
 
 @pytest.mark.parametrize(
