@@ -121,6 +121,27 @@ def test_bench_training_smoke():
     assert "threads" in result.stdout and ("avx" in result.stdout or "flags unknown" in result.stdout)
 
 
+def test_bench_training_memory_smoke():
+    """One training process per allocator, each row with its own peak RSS; an allocator that is not installed is
+    reported as such, not measured as glibc."""
+    result = subprocess.run(
+        [sys.executable, str(REPO / "benchmarks" / "bench_training_memory.py"), "--smoke"]
+        + ["--allocators", "glibc,jemalloc"],
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    rows = {
+        line.split("|")[1].strip(): line.split("|")[2:-1]
+        for line in result.stdout.splitlines()[4:]
+        if line.startswith("| ")
+    }
+    assert set(rows) == {"glibc", "jemalloc"} and float(rows["glibc"][0]) > 0.05
+    jemalloc = rows["jemalloc"][0].strip()
+    assert jemalloc == "not installed" or float(jemalloc) > 0.05
+
+
 def test_bench_precision_smoke():
     """The precision benchmark runs each mode against float32 on a tiny model and prints the probe's figures."""
     result = subprocess.run(
