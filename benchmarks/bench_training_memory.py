@@ -8,9 +8,11 @@ cannot share one), with its peak RSS, seconds per step and training tokens/s fro
 TRAIN_ARGUMENTS are `train` flags after the student and output folders (default: distillation of STS-B train
 sentences under the STS prompt, batch 64); `--max-steps`, `--save-steps` and `--logging-steps` are set here. Give
 `--cache-dir` among them to reuse a run's teacher cache. Allocators:
-- glibc: the default;
-- glibc-trim: glibc returning freed memory at once (MALLOC_TRIM_THRESHOLD_=0, MALLOC_MMAP_THRESHOLD_=1 MiB: large
-  blocks mapped and unmapped per use);
+- glibc: the default, with training's malloc_trim every 10 steps and after each evaluation
+  (`release_freed_memory`);
+- glibc-no-trim: glibc without it (EMBEDDINGGEMMA_MALLOC_TRIM=0), as training ran before it;
+- glibc-thresholds: glibc returning freed memory at once (MALLOC_TRIM_THRESHOLD_=0, MALLOC_MMAP_THRESHOLD_=1 MiB:
+  large blocks mapped and unmapped per use), without the malloc_trim;
 - jemalloc: LD_PRELOAD of libjemalloc (Debian's libjemalloc2), skipped where it is not installed;
 - tcmalloc: LD_PRELOAD of libtcmalloc_minimal (libtcmalloc-minimal4), skipped where it is not installed.
 Without --student (or with --smoke) tiny random models are built: a check of the script, not a measurement.
@@ -41,11 +43,19 @@ def allocator_environment(name: str) -> dict[str, str] | None:
     """The environment variables that select `name`, or None where it is not installed."""
     if name == "glibc":
         return {}
-    if name == "glibc-trim":
-        return {"MALLOC_TRIM_THRESHOLD_": "0", "MALLOC_MMAP_THRESHOLD_": str(1 << 20)}
+    if name == "glibc-no-trim":
+        return {"EMBEDDINGGEMMA_MALLOC_TRIM": "0"}
+    if name == "glibc-thresholds":
+        return {
+            "EMBEDDINGGEMMA_MALLOC_TRIM": "0",
+            "MALLOC_TRIM_THRESHOLD_": "0",
+            "MALLOC_MMAP_THRESHOLD_": str(1 << 20),
+        }
     preload = {"jemalloc": "libjemalloc.so.2", "tcmalloc": "libtcmalloc_minimal.so.4"}.get(name)
     if preload is None:
-        raise ValueError(f"unknown allocator {name!r}: expected glibc, glibc-trim, jemalloc or tcmalloc")
+        raise ValueError(
+            f"unknown allocator {name!r}: expected glibc, glibc-no-trim, glibc-thresholds, jemalloc or tcmalloc"
+        )
     path = library(preload)
     return {"LD_PRELOAD": path} if path else None
 
@@ -71,7 +81,7 @@ def main(argv=None) -> int:
     parser.add_argument("--student")
     parser.add_argument("--teacher")
     parser.add_argument("--steps", type=int, default=30)
-    parser.add_argument("--allocators", default="glibc,glibc-trim,jemalloc")
+    parser.add_argument("--allocators", default="glibc,glibc-no-trim,jemalloc")
     parser.add_argument("--smoke", action="store_true", help="tiny random models, 3 steps")
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory() as workdir:

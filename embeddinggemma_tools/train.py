@@ -585,10 +585,39 @@ def check_resume_arguments(output: Path, arguments: dict, resuming: bool) -> Non
     write_json(path, recorded)
 
 
+TRIM_EVERY_STEPS = 10
+
+
+def release_freed_memory() -> bool:
+    """Hands the pages of freed heap blocks back to the system (glibc's malloc_trim), where the C library is glibc and
+    EMBEDDINGGEMMA_MALLOC_TRIM is not 0; True when it ran. Training allocates activations of a different shape at
+    every step (length-grouped batches) and evaluates at others: glibc keeps the freed blocks, fragmented, and the
+    process's resident memory grows step after step (from 6 to 10 GB over a 45-minute stage); jemalloc, or trimming,
+    keeps it level. Trimming costs a walk of the heap (milliseconds) and re-faulting the pages the next step uses."""
+    global _malloc_trim
+    if os.environ.get("EMBEDDINGGEMMA_MALLOC_TRIM", "1") == "0" or not sys.platform.startswith("linux"):
+        return False
+    if _malloc_trim is None:
+        import ctypes
+
+        try:
+            _malloc_trim = ctypes.CDLL(None).malloc_trim  # absent under musl; LD_PRELOADed allocators keep glibc's
+        except (AttributeError, OSError):
+            _malloc_trim = False
+    if not _malloc_trim:
+        return False
+    _malloc_trim(0)
+    return True
+
+
+_malloc_trim = None
+
+
 def budget_callback(clock: TrainingClock, evaluation=None, eval_every_minutes: float | None = None):
     """A TrainerCallback that stops (and saves) when the clock's budget is spent, evaluates every
-    `eval_every_minutes` of training time with the clock paused (`evaluation(model, minutes, step)`), and writes the
-    clock into every checkpoint (budget.json) so that a resumed run continues it."""
+    `eval_every_minutes` of training time with the clock paused (`evaluation(model, minutes, step)`), writes the
+    clock into every checkpoint (budget.json) so that a resumed run continues it, and hands freed memory back to the
+    system every TRIM_EVERY_STEPS steps and after each evaluation (`release_freed_memory`)."""
     from transformers import TrainerCallback
 
     class BudgetCallback(TrainerCallback):
@@ -603,6 +632,7 @@ def budget_callback(clock: TrainingClock, evaluation=None, eval_every_minutes: f
                 return
             clock.pause()
             evaluation(model, minutes, state.global_step)
+            release_freed_memory()
             self.evaluated_step = state.global_step
             while eval_every_minutes and self.next_eval <= minutes:
                 self.next_eval += eval_every_minutes
@@ -619,6 +649,8 @@ def budget_callback(clock: TrainingClock, evaluation=None, eval_every_minutes: f
                 control.should_training_stop = control.should_save = True
             else:
                 self.maybe_evaluate(state, model)
+            if state.global_step % TRIM_EVERY_STEPS == 0:
+                release_freed_memory()
 
         def on_save(self, args, state, control, **kwargs):
             checkpoint = Path(args.output_dir) / f"checkpoint-{state.global_step}"

@@ -379,6 +379,36 @@ def test_budget_schedule_warms_up_and_decays_with_time():
     assert clock.out_of_time() and not te.TrainingClock(None).out_of_time()
 
 
+def test_training_hands_freed_memory_back_every_few_steps_and_after_each_evaluation(monkeypatch):
+    from types import SimpleNamespace
+
+    from transformers import TrainerControl
+
+    calls, evaluations = [], []
+    monkeypatch.setattr(te, "release_freed_memory", lambda: calls.append(state.global_step))
+    callback = te.budget_callback(
+        te.TrainingClock(None), lambda model, minutes, step: evaluations.append(step), eval_every_minutes=1e-9
+    )
+    state = SimpleNamespace(global_step=0)
+    callback.on_train_begin(None, state, TrainerControl())  # evaluates at step 0, then trims
+    for step in range(1, 2 * te.TRIM_EVERY_STEPS + 1):
+        state.global_step = step
+        callback.on_step_end(None, state, TrainerControl())
+    assert evaluations == list(range(2 * te.TRIM_EVERY_STEPS + 1))
+    # once after each evaluation, and once more at every TRIM_EVERY_STEPS-th step
+    assert calls.count(te.TRIM_EVERY_STEPS) == calls.count(2 * te.TRIM_EVERY_STEPS) == 2
+    assert len(calls) == len(evaluations) + 2
+
+
+def test_release_freed_memory_runs_on_glibc_and_can_be_turned_off(monkeypatch):
+    import platform
+
+    glibc = sys.platform.startswith("linux") and platform.libc_ver()[0] == "glibc"
+    assert te.release_freed_memory() is glibc
+    monkeypatch.setenv("EMBEDDINGGEMMA_MALLOC_TRIM", "0")
+    assert te.release_freed_memory() is False
+
+
 def test_max_minutes_stops_on_time_with_a_checkpoint_a_model_and_a_curve(student, tiny_converted_dir, tmp_path):
     sts = write_sts(
         tmp_path / "sts-test.csv", [(f"a man is {a}", f"a man was {a}", float(i)) for i, a in enumerate(ACTIONS)]
